@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny generated image folders and tiny model configs, so every test runs in seconds on a CPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def draw_shapes(folder: Path, count: int, *, colour: tuple[int, int, int], size: int = 40, seed: int = 0) -> list[Path]:
+    """`count` PNGs of one filled circle or square in `colour` on white; same seed, same shapes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rng = random.Random(seed * 1000 + i)
+        image = Image.new("RGB", (size, size), "white")
+        draw = ImageDraw.Draw(image)
+        extent = rng.randint(size // 4, size // 2)
+        x, y = rng.randint(2, size - extent - 2), rng.randint(2, size - extent - 2)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + extent, y + extent], fill=colour)
+        path = folder / f"{i:03d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def domains(tmp_path: Path) -> tuple[Path, Path]:
+    """Two small folders: red shapes (source) and blue shapes (target)."""
+    source, target = tmp_path / "red", tmp_path / "blue"
+    draw_shapes(source, 8, colour=(220, 30, 30), seed=1)
+    draw_shapes(target, 8, colour=(30, 30, 220), seed=2)
+    return source, target
+
+
+def tiny_fit_config(source: Path, target: Path, **train_overrides):
+    """A FitConfig small enough for a test: 8-channel nets at 16x16 crops."""
+    from travel.config import (
+        DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
+    )
+
+    train = dict(steps=4, batch_size=2, log_every=1, sample_every=2, save_every=2, sample_count=2, seed=0)
+    train.update(train_overrides)
+    return FitConfig(
+        name="tiny",
+        model=ModelConfig(
+            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4),
+            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
+        ),
+        data=DataConfig(source=str(source), target=str(target), load_size=18, crop_size=16),
+        train=TrainConfig(**train),
+    )
+
+
+@pytest.fixture
+def tiny_config(domains):
+    return tiny_fit_config(*domains)

@@ -1,0 +1,225 @@
+"""Files a run leaves behind: release weights (.safetensors + metadata), resume state, atomic writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
+
+from travel import __version__
+from travel.config import SCHEMA_VERSION, FitConfig, GeneratorConfig, from_dict, to_dict
+from travel.errors import CheckpointError, ConfigError
+from travel.models import Generator, build_generator
+
+WEIGHTS_FORMAT = "travel-generator"
+STATE_FILE = "state.pt"
+MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is not ours
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: a temporary file in the same folder, fsync, then rename over the old one.
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path` atomically, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Release weights: the EMA generator only, with everything needed to rebuild it in the metadata.
+
+
+@dataclass(frozen=True)
+class Weights:
+    config: GeneratorConfig
+    state: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+    @property
+    def source_domain(self) -> str:
+        return self.metadata.get("source_domain", "A")
+
+    @property
+    def target_domain(self) -> str:
+        return self.metadata.get("target_domain", "B")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata.get("image_size", "0") or 0)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.metadata.get("summary", "{}"))
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def build(self) -> Generator:
+        generator = build_generator(self.config)
+        generator.load_state_dict(self.state)
+        return generator.eval()
+
+
+def save_weights(
+    path: str | Path,
+    generator: Generator,
+    *,
+    source_domain: str,
+    target_domain: str,
+    image_size: int,
+    summary: dict[str, Any],
+    half: bool = False,
+) -> None:
+    """Write the generator as .safetensors with string metadata (DESIGN.md section 6), atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "travel_version": __version__,
+        "schema_version": str(SCHEMA_VERSION),
+        "model_config": json.dumps(to_dict(generator.cfg), sort_keys=True),
+        "source_domain": source_domain,
+        "target_domain": target_domain,
+        "image_size": str(image_size),
+        "summary": json.dumps(summary, sort_keys=True),
+    }
+    atomic_write_bytes(path, safetensors_save(state, metadata=metadata))
+
+
+def load_weights(path: str | Path) -> Weights:
+    """Read and validate a .safetensors file written by save_weights. Never runs code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    data = path.read_bytes()
+    metadata = read_metadata(data, name=str(path))
+    try:
+        state = safetensors_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: damaged weights ({str(exc).splitlines()[0]})") from None
+    try:
+        config = from_dict(GeneratorConfig, json.loads(metadata["model_config"]))
+    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path}: bad model_config in metadata ({exc})") from None
+    expected = build_generator(config).state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path}: tensors do not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(f"{path}: tensor {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}")
+        state[key] = state[key].to(tensor.dtype)
+    return Weights(config=config, state=state, metadata=metadata)
+
+
+def read_metadata(data: bytes, *, name: str) -> dict[str, str]:
+    """The string metadata of a safetensors blob, checked to be a travel generator of a known schema."""
+    if len(data) < 8:
+        raise CheckpointError(f"{name}: not a safetensors file (too short)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8 or header_len > 100_000_000:
+        raise CheckpointError(f"{name}: not a safetensors file, or truncated")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{name}: not a safetensors file (unreadable header)") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or metadata.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{name}: not a travel checkpoint (no '{WEIGHTS_FORMAT}' metadata)")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointError(f"{name}: malformed metadata (non-string values)")
+    if sum(len(v) for v in metadata.values()) > MAX_METADATA_CHARS:
+        raise CheckpointError(f"{name}: metadata is implausibly large")
+    version = metadata.get("schema_version", "")
+    if version != str(SCHEMA_VERSION):
+        raise CheckpointError(
+            f"{name}: checkpoint schema version {version!r} is not supported by travel {__version__} (expects {SCHEMA_VERSION})"
+        )
+    if "model_config" not in metadata:
+        raise CheckpointError(f"{name}: metadata has no model_config")
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state: everything needed to continue a run exactly. Loaded with torch's weights-only
+# unpickler, which refuses anything but tensors and plain containers.
+
+
+def save_state(run_dir: str | Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(Path(run_dir) / STATE_FILE, buffer.getvalue())
+
+
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no resume state ({STATE_FILE}) in this run folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refusals, truncation and zip errors all land here
+        raise CheckpointError(f"{path}: damaged or untrusted resume state ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != "travel-state" or "config" not in state:
+        raise CheckpointError(f"{path}: not a travel resume state")
+    if state.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: resume state schema {state.get('schema_version')!r} is not supported")
+    return state
+
+
+def load_run_config(run_dir: str | Path) -> FitConfig:
+    path = Path(run_dir) / "config.json"
+    try:
+        return from_dict(FitConfig, json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir}: not a run folder (no config.json)") from None
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: unreadable run config ({exc})") from None

@@ -1,0 +1,252 @@
+"""Frozen configuration dataclasses: the architecture (saved with the weights) kept apart from run settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from travel.errors import ConfigError
+
+SCHEMA_VERSION = 1  # bump when the meaning of a saved config or weight name changes
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture: what a checkpoint must carry to rebuild its networks.
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """U-Net with self-attention at the low resolutions."""
+
+    channels: int = 3  # image channels in and out
+    base_channels: int = 32  # width at full resolution; doubles at each level
+    max_channels: int = 256  # width cap for the deep levels
+    depth: int = 4  # number of stride-2 downsamplings; inputs are padded to a multiple of 2**depth
+    attention_levels: tuple[int, ...] = (3, 4)  # levels (1 = half resolution) with self-attention
+    norm_groups: int = 8  # group normalisation groups (capped by the channel count)
+    num_styles: int = 0  # > 0: decoder norms are conditioned on a style (cluster) id
+
+    def __post_init__(self) -> None:
+        _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")
+        _check(self.base_channels >= 4, f"generator base_channels must be >= 4, got {self.base_channels}")
+        _check(self.max_channels >= self.base_channels, "generator max_channels must be >= base_channels")
+        _check(1 <= self.depth <= 8, f"generator depth must be in 1..8, got {self.depth}")
+        _check(
+            all(1 <= lvl <= self.depth for lvl in self.attention_levels),
+            f"attention_levels {self.attention_levels} must lie in 1..depth={self.depth}",
+        )
+        _check(self.norm_groups >= 1, "norm_groups must be >= 1")
+        _check(self.num_styles >= 0, "num_styles must be >= 0")
+
+    def width(self, level: int) -> int:
+        """Channels at `level` (0 = full resolution)."""
+        return min(self.base_channels * 2**level, self.max_channels)
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded up to a multiple of this."""
+        return 2**self.depth
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Spectrally normalised Siamese encoder emitting a vector of length vec_len."""
+
+    channels: int = 3
+    base_channels: int = 32
+    max_channels: int = 256
+    depth: int = 4  # stride-2 downsamplings before global pooling
+    attention_level: int = 2  # level with a self-attention block (0 = none)
+    vec_len: int = 128  # length of the emitted vector (L in DESIGN.md)
+    rotation_head: bool = False  # 4-way rotation classifier on the pooled features (SS-GAN)
+
+    def __post_init__(self) -> None:
+        _check(self.channels in (1, 3), f"discriminator channels must be 1 or 3, got {self.channels}")
+        _check(self.base_channels >= 4, "discriminator base_channels must be >= 4")
+        _check(self.max_channels >= self.base_channels, "discriminator max_channels must be >= base_channels")
+        _check(1 <= self.depth <= 8, f"discriminator depth must be in 1..8, got {self.depth}")
+        _check(0 <= self.attention_level <= self.depth, "attention_level must lie in 0..depth")
+        _check(self.vec_len >= 1, f"vec_len must be >= 1, got {self.vec_len}")
+
+    def width(self, level: int) -> int:
+        return min(self.base_channels * 2**level, self.max_channels)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    siamese: Literal["shared", "separate"] = "shared"  # S is D itself, or its own network
+
+    def __post_init__(self) -> None:
+        _check(self.siamese in ("shared", "separate"), f"siamese must be 'shared' or 'separate', got {self.siamese!r}")
+        _check(
+            self.generator.channels == self.discriminator.channels,
+            "generator and discriminator must agree on image channels",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Run settings: how one training run goes. Saved in the run folder, not needed to translate.
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms (DESIGN.md section 1)."""
+
+    adv: float = 1.0  # lambda_adv: anchor realism loss
+    travel: float = 10.0  # lambda_travel: cosine transformation-vector loss
+    dist: float = 1.0  # lambda_dist: squared-distance part of the TraVeL loss
+    margin: float = 1.0  # lambda_margin: keeps S from collapsing
+    anchor_margin: float = 1.0  # m: translations are pushed at least this far from the anchor
+    delta: float = 1.0  # margin-loss distance between distinct source embeddings
+    r1_gamma: float = 0.0  # R1 gradient penalty on real targets (0 = off)
+    rotation_d: float = 0.0  # SS-GAN beta: D's rotation loss on real targets (0 = off; needs a rotation head)
+    rotation_g: float = 0.2  # SS-GAN alpha: G's rotation loss on translations (used when rotation_d > 0)
+    rotation_g_decay: bool = True  # decay alpha linearly to 0 over training, so G's optimum stays the data's
+
+    def __post_init__(self) -> None:
+        for name in ("adv", "travel", "dist", "margin", "anchor_margin", "delta", "r1_gamma", "rotation_d", "rotation_g"):
+            _check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = ""  # folder of domain A images
+    target: str = ""  # folder of domain B images
+    load_size: int = 143  # shorter side is resized to this before cropping
+    crop_size: int = 128  # training crop (square)
+    flip: bool = True  # random horizontal flips
+    augment: bool = True  # differentiable augmentation of everything the adversarial loss sees
+    workers: int = 0  # data-loading worker processes
+    cache: bool = False  # keep decoded, resized images in memory
+
+    def __post_init__(self) -> None:
+        _check(self.crop_size >= 8, f"crop size must be >= 8, got {self.crop_size}")
+        _check(
+            self.load_size >= self.crop_size,
+            f"load size ({self.load_size}) must be >= crop size ({self.crop_size})",
+        )
+        _check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10_000  # generator updates
+    batch_size: int = 4  # per process; the TraVeL loss needs >= 2 (pairs within the batch)
+    lr_g: float = 1e-4  # TTUR: generator learning rate
+    lr_d: float = 4e-4  # TTUR: discriminator learning rate
+    beta1: float = 0.0  # Adam betas (0.0, 0.9) as in SAGAN / TTUR
+    beta2: float = 0.9
+    d_steps: int = 1  # discriminator updates per generator update
+    ema_beta: float = 0.999  # EMA of generator weights (warmed up over the first steps)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA if supported, else fp32
+    log_every: int = 10  # steps between metrics.jsonl lines
+    sample_every: int = 500  # steps between sample grids
+    save_every: int = 1000  # steps between resume-state and weight saves
+    sample_count: int = 8  # source images in each sample grid
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.batch_size >= 2, f"batch size must be >= 2 (the TraVeL loss compares pairs), got {self.batch_size}")
+        _check(self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must lie in [0, 1)")
+        _check(self.d_steps >= 1, "d_steps must be >= 1")
+        _check(0 <= self.ema_beta < 1, "ema_beta must lie in [0, 1)")
+        _check(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}")
+        for name in ("log_every", "sample_every", "save_every", "sample_count"):
+            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    name: str = "travel"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name, f"bad run name {self.name!r}")
+        _check(
+            self.loss.rotation_d == 0 or self.model.discriminator.rotation_head,
+            "the rotation loss needs a discriminator built with rotation_head=True",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON round trip.
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type, data: Any) -> Any:
+    """Rebuild a (nested) config dataclass from a dict; unknown keys are an error, missing keys take defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+    kwargs = {key: _coerce(hints[key], value, f"{cls.__name__}.{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(typing.get_args(hint)[0], v, where) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def attention_levels_for(crop_size: int, depth: int, max_resolution: int = 32) -> tuple[int, ...]:
+    """Levels whose feature maps are at most `max_resolution` pixels on a side at the training crop."""
+    return tuple(lvl for lvl in range(1, depth + 1) if crop_size // 2**lvl <= max_resolution)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -1,0 +1,17 @@
+"""The package's one exception family: every error a user can cause is a TravelError with a one-line message."""
+
+
+class TravelError(Exception):
+    """A problem the user can fix; the CLI prints its message on one line and exits non-zero."""
+
+
+class ConfigError(TravelError, ValueError):
+    """A setting that makes no sense (negative steps, crop larger than load size, ...)."""
+
+
+class DataError(TravelError):
+    """A dataset folder or an image that cannot be used."""
+
+
+class CheckpointError(TravelError):
+    """A checkpoint that is missing, damaged, or not a travel checkpoint."""

@@ -1,0 +1,74 @@
+"""Loss functions as small pure functions of tensors (DESIGN.md sections 1 and 3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def anchor_distance(embedding: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """d(x) = ||D(x) - c||^2 / L. embedding: [N, L]; anchor: [L] or [N, L] (one anchor per sample). Returns [N]."""
+    return (embedding - anchor).pow(2).mean(dim=-1)
+
+
+def anchor_d_loss(
+    real: torch.Tensor, fake: torch.Tensor, anchor: torch.Tensor, *, margin: float
+) -> dict[str, torch.Tensor]:
+    """Discriminator realism loss: real targets pulled to the anchor, translations pushed past the margin.
+
+    real, fake: [N, L] embeddings; anchor: [L] or per-sample [N, L].
+    """
+    real_term = anchor_distance(real, anchor).mean()
+    fake_term = F.relu(margin - anchor_distance(fake, anchor)).mean()
+    return {"d_real": real_term, "d_fake": fake_term}
+
+
+def anchor_g_loss(fake: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Generator realism loss: pull translations onto the anchor."""
+    return anchor_distance(fake, anchor).mean()
+
+
+def triplet_d_loss(real: torch.Tensor, fake: torch.Tensor, anchor: torch.Tensor, *, margin: float) -> torch.Tensor:
+    """Triplet variant over in-batch pairs: relu(d(b_i) - d(G(a_j)) + m), all i, j."""
+    d_real = anchor_distance(real, anchor)  # [N]
+    d_fake = anchor_distance(fake, anchor)  # [M]
+    return F.relu(d_real[:, None] - d_fake[None, :] + margin).mean()
+
+
+def _pair_differences(embedding: torch.Tensor) -> torch.Tensor:
+    """All differences e_i - e_j for i < j: [P, L]. Pairs i > j are the negatives and give the same losses."""
+    n = embedding.shape[0]
+    i, j = torch.triu_indices(n, n, offset=1, device=embedding.device)
+    return embedding[i] - embedding[j]
+
+
+def travel_loss(source: torch.Tensor, translation: torch.Tensor, *, dist_weight: float) -> dict[str, torch.Tensor]:
+    """Transformation-vector loss: vectors between sources should match vectors between their translations.
+
+    source, translation: [N, L] embeddings (row i of each belongs to the same source image), N >= 2.
+    Returns the cosine part (mean of 1 - cos, in [0, 2]) and the weighted squared-distance part.
+    """
+    if source.shape != translation.shape or source.shape[0] < 2:
+        raise ValueError(f"travel_loss needs two [N>=2, L] embeddings of one shape, got {source.shape}, {translation.shape}")
+    v = _pair_differences(source)  # [P, L]
+    v_t = _pair_differences(translation)  # [P, L]
+    cos = F.cosine_similarity(v, v_t, dim=-1, eps=1e-8)
+    dist = (v - v_t).pow(2).mean(dim=-1)
+    return {"travel_cos": (1 - cos).mean(), "travel_dist": dist_weight * dist.mean()}
+
+
+def margin_loss(source: torch.Tensor, *, delta: float) -> torch.Tensor:
+    """Keeps the Siamese embedding from collapsing: distinct sources at least delta apart (per-entry distance)."""
+    v = _pair_differences(source)
+    return F.relu(delta - v.pow(2).mean(dim=-1)).mean()
+
+
+def rotation_loss(logits: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """SS-GAN: cross-entropy of the 4-way rotation head. logits: [N, 4]; rotations: [N] in 0..3."""
+    return F.cross_entropy(logits, rotations)
+
+
+def r1_penalty(real_scores: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1: squared gradient norm of the discriminator's score on real images (images need requires_grad)."""
+    (grad,) = torch.autograd.grad(real_scores.sum(), real_images, create_graph=True)
+    return grad.pow(2).flatten(1).sum(dim=1).mean()

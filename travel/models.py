@@ -1,0 +1,188 @@
+"""The networks: a U-Net generator with self-attention and a spectrally normalised Siamese discriminator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from travel.config import DiscriminatorConfig, GeneratorConfig
+
+# ---------------------------------------------------------------------------------------------
+# Blocks: plain ints in, no configs.
+
+
+class SelfAttention(nn.Module):
+    """SAGAN-style self-attention over all positions, with a residual gate that starts closed (0)."""
+
+    def __init__(self, channels: int, *, spectral: bool = False) -> None:
+        super().__init__()
+        inner = max(channels // 8, 4)
+        wrap = spectral_norm if spectral else (lambda m: m)
+        self.query = wrap(nn.Conv2d(channels, inner, 1))
+        self.key = wrap(nn.Conv2d(channels, inner, 1))
+        self.value = wrap(nn.Conv2d(channels, channels, 1))
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
+        k = self.key(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
+        v = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
+        # SDPA picks a memory-efficient kernel, so large maps do not build an HW x HW matrix.
+        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        return x + self.gate * out.transpose(1, 2).reshape(n, c, h, w)
+
+
+class Norm2d(nn.Module):
+    """Group normalisation, optionally modulated per style: scale and shift looked up from a style id."""
+
+    def __init__(self, channels: int, *, groups: int, num_styles: int = 0) -> None:
+        super().__init__()
+        self.groups = _divisor_at_most(channels, groups)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.style = nn.Embedding(num_styles, 2 * channels) if num_styles else None
+        if self.style is not None:
+            nn.init.zeros_(self.style.weight)  # starts as the unconditional norm
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.group_norm(x, self.groups, self.weight, self.bias, eps=1e-5)
+        if self.style is not None and style is not None:
+            scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)  # [N, C, 1, 1] each
+            x = x * (1 + scale) + shift
+        return x
+
+
+class ConvNormAct(nn.Module):
+    def __init__(self, cin: int, cout: int, *, stride: int = 1, groups: int, num_styles: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode="zeros")
+        self.norm = Norm2d(cout, groups=groups, num_styles=num_styles)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return F.silu(self.norm(self.conv(x), style))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator.
+
+
+class Generator(nn.Module):
+    """U-Net: stride-2 convolutions down, upsample + 3x3 convolution up, skips by concatenation."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        g = cfg.norm_groups
+        self.stem = ConvNormAct(cfg.channels, cfg.width(0), groups=g)
+        self.down = nn.ModuleList()
+        self.down_attn = nn.ModuleList()
+        for lvl in range(1, cfg.depth + 1):
+            cin, cout = cfg.width(lvl - 1), cfg.width(lvl)
+            self.down.append(
+                nn.ModuleList([ConvNormAct(cin, cout, stride=2, groups=g), ConvNormAct(cout, cout, groups=g)])
+            )
+            self.down_attn.append(SelfAttention(cout) if lvl in cfg.attention_levels else nn.Identity())
+        self.up = nn.ModuleList()
+        self.up_attn = nn.ModuleList()
+        for lvl in range(cfg.depth, 0, -1):
+            cin, cout = cfg.width(lvl), cfg.width(lvl - 1)
+            self.up.append(
+                nn.ModuleList(
+                    [
+                        ConvNormAct(cin, cout, groups=g, num_styles=cfg.num_styles),
+                        ConvNormAct(2 * cout, cout, groups=g, num_styles=cfg.num_styles),
+                    ]
+                )
+            )
+            has_attn = (lvl - 1) in cfg.attention_levels
+            self.up_attn.append(SelfAttention(cout) if has_attn else nn.Identity())
+        self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1)
+
+    def forward(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """source: [N, C, H, W] in [-1, 1], any H and W; style: [N] cluster ids or None. Returns [N, C, H, W]."""
+        if source.ndim != 4 or source.shape[1] != self.cfg.channels:
+            raise ValueError(f"expected [N, {self.cfg.channels}, H, W], got {tuple(source.shape)}")
+        if self.cfg.num_styles and style is None:
+            style = torch.zeros(source.shape[0], dtype=torch.long, device=source.device)
+        h, w = source.shape[-2:]
+        x = pad_to_multiple(source, self.cfg.multiple)
+        x = self.stem(x)
+        skips = [x]
+        for (conv_down, conv), attn in zip(self.down, self.down_attn):
+            x = attn(conv(conv_down(x)))
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself
+        for (conv_up, conv), attn in zip(self.up, self.up_attn):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = conv_up(x, style)
+            x = conv(torch.cat([x, skips.pop()], dim=1), style)
+            x = attn(x)
+        return torch.tanh(self.head(x))[..., :h, :w]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom and right up to a multiple (reflect where possible, replicate for tiny images)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator.
+
+
+class Discriminator(nn.Module):
+    """Siamese encoder: image -> vector in R^vec_len. Every weight layer is spectrally normalised."""
+
+    def __init__(self, cfg: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stem = spectral_norm(nn.Conv2d(cfg.channels, cfg.width(0), 3, padding=1))
+        blocks = []
+        for lvl in range(1, cfg.depth + 1):
+            blocks.append(spectral_norm(nn.Conv2d(cfg.width(lvl - 1), cfg.width(lvl), 4, stride=2, padding=1)))
+            blocks.append(nn.LeakyReLU(0.2))
+            if lvl == cfg.attention_level:
+                blocks.append(SelfAttention(cfg.width(lvl), spectral=True))
+        self.trunk = nn.Sequential(*blocks)
+        self.feature_dim = cfg.width(cfg.depth)
+        self.head = spectral_norm(nn.Linear(self.feature_dim, cfg.vec_len))
+        self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features [N, F], used by the vector head, the rotation head and clustering."""
+        x = F.leaky_relu(self.stem(image), 0.2)
+        x = self.trunk(x)
+        # Global sum pooling, as in SN-GAN/BigGAN: with every layer 1-Lipschitz, mean pooling shrinks the
+        # embedding so far (entries ~0.03 at 128px) that the margins m and delta are out of reach.
+        return x.sum(dim=(2, 3))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: [N, C, H, W] in [-1, 1]. Returns the embedding [N, vec_len]."""
+        return self.head(self.features(image))
+
+    def rotation_logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.rotation is None:
+            raise RuntimeError("this discriminator was built without a rotation head")
+        return self.rotation(features)
+
+
+def build_generator(cfg: GeneratorConfig) -> Generator:
+    return Generator(cfg)
+
+
+def build_discriminator(cfg: DiscriminatorConfig) -> Discriminator:
+    return Discriminator(cfg)
+
+
+def _divisor_at_most(channels: int, groups: int) -> int:
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g

@@ -1,0 +1,419 @@
+"""The training loop: one `fit` with named phases (D step, G step, EMA, then log / sample grid / save)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import io
+import json
+import math
+import random
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torchvision.utils import make_grid
+
+from travel import __version__
+from travel.augment import DiffAugment
+from travel.checkpoint import atomic_write_bytes, atomic_write_text, load_run_config, load_state, save_state, save_weights
+from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_dict, to_json
+from travel.data import ImageFolder, UnpairedBatches, resolve_domains, tensor_to_image
+from travel.errors import CheckpointError, ConfigError, DataError, TravelError
+from travel.losses import anchor_d_loss, anchor_g_loss, anchor_distance, margin_loss, r1_penalty, rotation_loss, travel_loss
+from travel.models import Discriminator, Generator, build_discriminator, build_generator
+from travel.runtime import precision_context, resolve_device
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total steps, latest logged metrics)
+AbortFn = Callable[[], bool]  # return True to stop (state is saved first)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    weights: Path
+    step: int  # steps completed
+    interrupted: bool
+    metrics: dict[str, float]  # the last logged averages
+    skipped_images: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Nets:
+    generator: Generator
+    discriminator: Discriminator
+    siamese: Discriminator | None  # the separate S network, or None when S is D itself
+    ema: Generator
+
+    @property
+    def embed(self) -> Discriminator:
+        """S: the network whose difference vectors the TraVeL loss compares."""
+        return self.siamese if self.siamese is not None else self.discriminator
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases of one step. Each returns its loss terms (detached) for logging.
+
+
+def discriminator_step(
+    nets: Nets, opt_d: torch.optim.Optimizer, source: torch.Tensor, target: torch.Tensor, *, cfg: FitConfig,
+    anchor: torch.Tensor, augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None,
+) -> dict[str, torch.Tensor]:
+    loss_cfg = cfg.loss
+    disc = nets.discriminator
+    with torch.no_grad(), autocast():
+        translation = nets.generator(source)
+    with autocast():
+        real_in, fake_in = augment(target), augment(translation)
+        if loss_cfg.r1_gamma > 0:
+            real_in = real_in.detach().requires_grad_(True)
+        real_emb, fake_emb = disc(real_in).float(), disc(fake_in).float()
+        terms = anchor_d_loss(real_emb, fake_emb, anchor, margin=loss_cfg.anchor_margin)
+        total = loss_cfg.adv * (terms["d_real"] + terms["d_fake"])
+        if cfg.model.siamese == "shared":
+            # Cooperative terms: D is also the Siamese embedding S, trained to make vectors comparable.
+            src_emb, trans_emb = disc(source).float(), disc(translation).float()
+            travel = travel_loss(src_emb, trans_emb, dist_weight=loss_cfg.dist)
+            terms.update(travel)
+            terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
+            total = total + loss_cfg.travel * (travel["travel_cos"] + travel["travel_dist"]) + loss_cfg.margin * terms["margin"]
+        if loss_cfg.rotation_d > 0:
+            rotated, labels = rotate_batch(target)
+            terms["rot_d"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
+            total = total + loss_cfg.rotation_d * terms["rot_d"]
+    if loss_cfg.r1_gamma > 0:
+        terms["r1"] = r1_penalty(anchor_distance(real_emb, anchor), real_in)
+        total = total + 0.5 * loss_cfg.r1_gamma * terms["r1"]
+    terms["d_total"] = total
+    _backward_step(total, opt_d, scaler)
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def generator_step(
+    nets: Nets, opt_g: torch.optim.Optimizer, source: torch.Tensor, *, cfg: FitConfig, anchor: torch.Tensor,
+    augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None, rotation_weight: float,
+) -> dict[str, torch.Tensor]:
+    loss_cfg = cfg.loss
+    disc, embed = nets.discriminator, nets.embed
+    with autocast():
+        translation = nets.generator(source)
+        terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), anchor)}
+        if nets.siamese is None:
+            with torch.no_grad():
+                src_emb = embed(source).float()  # S = D is not updated here, and S(source) does not depend on G
+        else:
+            src_emb = embed(source).float()
+            terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
+        travel = travel_loss(src_emb, embed(translation).float(), dist_weight=loss_cfg.dist)
+        terms.update({f"g_{k}": v for k, v in travel.items()})
+        total = loss_cfg.adv * terms["g_adv"] + loss_cfg.travel * (travel["travel_cos"] + travel["travel_dist"])
+        if "margin" in terms:
+            total = total + loss_cfg.margin * terms["margin"]
+        if rotation_weight > 0:
+            rotated, labels = rotate_batch(translation)
+            terms["rot_g"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
+            total = total + rotation_weight * terms["rot_g"]
+    terms["g_total"] = total
+    _backward_step(total, opt_g, scaler)
+    return {k: v.detach() for k, v in terms.items()}
+
+
+@torch.no_grad()
+def ema_step(ema: nn.Module, generator: nn.Module, *, beta: float, step: int) -> None:
+    # Warm-up: early on the average follows G closely, so short runs release a useful model.
+    beta = min(beta, (1 + step) / (10 + step))
+    for p_ema, p in zip(ema.parameters(), generator.parameters()):
+        p_ema.lerp_(p, 1 - beta)
+    for b_ema, b in zip(ema.buffers(), generator.buffers()):
+        b_ema.copy_(b)
+
+
+def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate image i by (i mod 4) * 90 degrees, a balanced set of labels. images: [N, C, S, S]."""
+    labels = torch.arange(images.shape[0], device=images.device) % 4
+    rotated = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(images, labels.tolist())])
+    return rotated, labels
+
+
+def rotation_weight_at(cfg: FitConfig, step: int) -> float:
+    """The generator's rotation weight alpha, decayed linearly to 0 over training when asked."""
+    alpha = cfg.loss.rotation_g if cfg.loss.rotation_d > 0 else 0.0
+    if cfg.loss.rotation_g_decay:
+        alpha *= max(0.0, 1.0 - step / cfg.train.steps)
+    return alpha
+
+
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def fit(
+    config: FitConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress_fn: ProgressFn | None = None,
+    abort_fn: AbortFn | None = None,
+    message_fn: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train a translator from config.data.source to config.data.target; write everything into run_dir.
+
+    With resume=True, run_dir must hold the state of an earlier run with the same architecture; training
+    continues from its step up to config.train.steps, exactly as if it had never stopped.
+    Hooks: progress_fn after every step, abort_fn to stop early (state is saved), message_fn for warnings.
+    """
+    say = message_fn or (lambda message: None)
+    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.name
+    tc, dc = config.train, config.data
+    device = resolve_device(tc.device)
+    autocast, scaler = precision_context(tc.precision, device)
+
+    source_dir, target_dir = resolve_domains(dc.source, dc.target, None)
+    source = ImageFolder(source_dir, load_size=dc.load_size, crop_size=dc.crop_size, flip=dc.flip, cache=dc.cache)
+    target = ImageFolder(target_dir, load_size=dc.load_size, crop_size=dc.crop_size, flip=dc.flip, cache=dc.cache)
+    for report in (source.report, target.report):
+        for file, reason in report.skipped:
+            say(f"warning: skipped {reason}")
+        if report.skipped:
+            say(f"warning: {len(report.skipped)} unreadable file(s) skipped in {report.folder}; {report.usable} used")
+        if report.upscaled:
+            say(f"warning: {report.upscaled} image(s) in {report.folder} are smaller than the {dc.crop_size}px crop and are upscaled")
+
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    nets = build_nets(config, device)
+    params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
+    opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
+    opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    augment = DiffAugment() if dc.augment else nn.Identity()
+    anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
+
+    start, elapsed_before = 0, 0.0
+    if resume:
+        state = load_state(run_dir)
+        saved = from_dict(FitConfig, json.loads(state["config"]))
+        if saved.model != config.model:
+            raise CheckpointError(f"{run_dir}: the saved run has a different architecture; cannot resume with this one")
+        restore(state, nets, opt_g, opt_d)
+        start, elapsed_before = int(state["step"]), float(state.get("elapsed", 0.0))
+        if start >= tc.steps:
+            raise ConfigError(f"{run_dir} is already at step {start}; ask for more --steps to continue")
+        truncate_metrics(run_dir / "metrics.jsonl", start)  # lines logged after the saved step are replayed
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", to_json(config) + "\n")
+
+    fixed = torch.stack([source.center(i % len(source)) for i in range(tc.sample_count)]).to(device)
+    batches = UnpairedBatches(source, target, batch_size=tc.batch_size, seed=tc.seed, start=start, stop=tc.steps)
+    loader = torch.utils.data.DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=dc.workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
+        persistent_workers=False, prefetch_factor=4 if dc.workers else None,
+    )
+    metrics_path = run_dir / "metrics.jsonl"
+    weights_path = run_dir / f"{config.name}.safetensors"
+    running: dict[str, torch.Tensor] = {}
+    logged: dict[str, float] = {}
+    count = 0
+    step = start
+    t0 = time.perf_counter()
+    t_log, step_log = t0, start
+    interrupted = False
+
+    def save(step: int) -> None:
+        elapsed = elapsed_before + time.perf_counter() - t0
+        save_state(run_dir, snapshot(nets, opt_g, opt_d, config, step, elapsed))
+        summary = {
+            "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size,
+            "train_seconds": round(elapsed, 1), "device": str(device), "siamese": config.model.siamese,
+            "source_images": len(source), "target_images": len(target),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "metrics": logged,
+        }
+        save_weights(
+            weights_path, nets.ema, source_domain=domain_name(source_dir), target_domain=domain_name(target_dir),
+            image_size=dc.crop_size, summary=summary,
+        )
+
+    with stop_on_signals() as signalled:
+        for source_batch, target_batch in loader:
+            source_batch = source_batch.to(device, non_blocking=True)
+            target_batch = target_batch.to(device, non_blocking=True)
+
+            for _ in range(tc.d_steps):
+                d_terms = discriminator_step(
+                    nets, opt_d, source_batch, target_batch, cfg=config, anchor=anchor, augment=augment,
+                    autocast=autocast, scaler=scaler,
+                )
+            nets.discriminator.requires_grad_(False)
+            g_terms = generator_step(
+                nets, opt_g, source_batch, cfg=config, anchor=anchor, augment=augment, autocast=autocast,
+                scaler=scaler, rotation_weight=rotation_weight_at(config, step),
+            )
+            nets.discriminator.requires_grad_(True)
+            ema_step(nets.ema, nets.generator, beta=tc.ema_beta, step=step)
+            step += 1
+
+            for key, value in {**d_terms, **g_terms}.items():
+                running[key] = running.get(key, 0.0) + value  # stays on the device: no sync until logging
+            count += 1
+            if step % tc.log_every == 0 or step == tc.steps:
+                now = time.perf_counter()
+                logged = {k: float(v) / count for k, v in running.items()}
+                logged["images_per_s"] = (step - step_log) * tc.batch_size / max(now - t_log, 1e-9)
+                append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
+                running, count, t_log, step_log = {}, 0, now, step
+                if not all(math.isfinite(v) for v in logged.values()):
+                    save_samples(run_dir, nets.ema, fixed, step)
+                    raise TravelError(f"training diverged at step {step} (non-finite loss); lower the learning rates")
+            if step % tc.sample_every == 0 or step == tc.steps:
+                save_samples(run_dir, nets.ema, fixed, step)
+            if step % tc.save_every == 0 or step == tc.steps:
+                save(step)
+            if progress_fn is not None:
+                progress_fn(step, tc.steps, logged)
+            if signalled.is_set() or (abort_fn is not None and abort_fn()):
+                interrupted = step < tc.steps
+                if step % tc.save_every and step != tc.steps:
+                    save(step)
+                break
+    return FitResult(
+        run_dir=run_dir, weights=weights_path, step=step, interrupted=interrupted, metrics=logged,
+        skipped_images=source.report.skipped + target.report.skipped,
+    )
+
+
+def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None) -> FitConfig:
+    """The config of an earlier run, optionally with more steps or another number of loader workers."""
+    config = load_run_config(run_dir)
+    train, data = config.train, config.data
+    if steps is not None:
+        train = replace(train, steps=steps)
+    if workers is not None:
+        data = replace(data, workers=workers)
+    return replace(config, train=train, data=data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers.
+
+
+def build_nets(config: FitConfig, device: torch.device) -> Nets:
+    generator = build_generator(config.model.generator).to(device)
+    discriminator = build_discriminator(config.model.discriminator).to(device)
+    siamese = build_discriminator(config.model.discriminator).to(device) if config.model.siamese == "separate" else None
+    ema = copy.deepcopy(generator).eval().requires_grad_(False)
+    return Nets(generator, discriminator, siamese, ema)
+
+
+def snapshot(nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, config: FitConfig, step: int,
+             elapsed: float) -> dict[str, Any]:
+    state = {
+        "format": "travel-state", "schema_version": SCHEMA_VERSION, "travel_version": __version__,
+        "config": to_json(config), "step": step, "elapsed": elapsed,
+        "generator": nets.generator.state_dict(), "discriminator": nets.discriminator.state_dict(),
+        "ema": nets.ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        "rng_cpu": torch.get_rng_state(), "rng_python": list(random.getstate()[1]),
+    }
+    if nets.siamese is not None:
+        state["siamese"] = nets.siamese.state_dict()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(state: dict[str, Any], nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+    try:
+        nets.generator.load_state_dict(state["generator"])
+        nets.discriminator.load_state_dict(state["discriminator"])
+        nets.ema.load_state_dict(state["ema"])
+        if nets.siamese is not None:
+            nets.siamese.load_state_dict(state["siamese"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"resume state does not fit this model ({str(exc).splitlines()[0]})") from None
+    torch.set_rng_state(state["rng_cpu"])
+    random.setstate((3, tuple(int(x) for x in state["rng_python"]), None))
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM set an event instead of killing the run, so the loop can save and leave cleanly."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now; saves are atomic, so nothing is torn
+        event.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield event
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@torch.no_grad()
+def save_samples(run_dir: Path, generator: Generator, fixed: torch.Tensor, step: int) -> Path:
+    """A grid: the fixed source images on top, their translations by the EMA generator below."""
+    translation = generator(fixed)
+    grid = make_grid(torch.cat([fixed, translation]).float().cpu(), nrow=fixed.shape[0], padding=2, pad_value=1.0)
+    buffer = io.BytesIO()
+    tensor_to_image(grid).save(buffer, format="PNG")
+    path = run_dir / "samples" / f"step_{step:07d}.png"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line. An append of one short line either lands whole or not at all on local disks."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines past `step` (written after the last save by a run that was killed)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def domain_name(folder: Path) -> str:
+    name = folder.resolve().name
+    if name in ("trainA", "trainB", "testA", "testB"):
+        return f"{folder.resolve().parent.name}{name[-1]}"
+    return name
+

@@ -1,0 +1,1 @@
+"""Released travel weights (.safetensors), shipped as package data `travel.weights`."""
