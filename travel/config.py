@@ -29,6 +29,7 @@ class GeneratorConfig:
     attention_levels: tuple[int, ...] = (3, 4)  # levels (1 = half resolution) with self-attention
     norm_groups: int = 8  # group normalisation groups (capped by the channel count)
     num_styles: int = 0  # > 0: decoder norms are conditioned on a style (cluster) id
+    residual: bool = True  # output tanh(atanh(source) + head): starts as the identity, learns the change
 
     def __post_init__(self) -> None:
         _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")

@@ -46,13 +46,34 @@ class Norm2d(nn.Module):
         self.style = nn.Embedding(num_styles, 2 * channels) if num_styles else None
         if self.style is not None:
             nn.init.zeros_(self.style.weight)  # starts as the unconditional norm
+        # Tiled translation (travel.inference) normalises every tile of an image with the statistics of the
+        # whole image, or tiles would each get their own and show seams: "capture" records them, "replay"
+        # uses them. Plain attributes, so they never enter a state dict; training leaves them at None.
+        self.stats_mode: str | None = None
+        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None  # per-group mean, var: [N, G, 1] each
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        x = F.group_norm(x, self.groups, self.weight, self.bias, eps=1e-5)
+        if self.stats_mode is None:
+            x = F.group_norm(x, self.groups, self.weight, self.bias, eps=1e-5)
+        else:
+            x = self._shared_group_norm(x)
         if self.style is not None and style is not None:
             scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)  # [N, C, 1, 1] each
             x = x * (1 + scale) + shift
         return x
+
+    def _shared_group_norm(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        grouped = x.reshape(n, self.groups, -1)  # [N, G, C/G * H * W]
+        if self.stats_mode == "capture":
+            var, mean = torch.var_mean(grouped, dim=2, unbiased=False, keepdim=True)
+            self.captured = (mean, var)
+        elif self.stats_mode == "replay" and self.captured is not None:
+            mean, var = self.captured
+        else:
+            raise RuntimeError(f"Norm2d stats_mode {self.stats_mode!r} without captured statistics")
+        x = ((grouped - mean) * torch.rsqrt(var + 1e-5)).reshape(n, c, h, w)
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 class ConvNormAct(nn.Module):
@@ -100,16 +121,25 @@ class Generator(nn.Module):
             has_attn = (lvl - 1) in cfg.attention_levels
             self.up_attn.append(SelfAttention(cout) if has_attn else nn.Identity())
         self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1)
+        if cfg.residual:
+            nn.init.zeros_(self.head.weight)  # an untrained generator returns its input
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """source: [N, C, H, W] in [-1, 1], any H and W; style: [N] cluster ids or None. Returns [N, C, H, W]."""
         if source.ndim != 4 or source.shape[1] != self.cfg.channels:
             raise ValueError(f"expected [N, {self.cfg.channels}, H, W], got {tuple(source.shape)}")
+        h, w = source.shape[-2:]
+        return self.forward_padded(pad_to_multiple(source, self.cfg.multiple), style)[..., :h, :w]
+
+    def forward_padded(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """source: [N, C, H, W] with H and W multiples of cfg.multiple. Returns [N, C, H, W].
+
+        Split from forward so the ONNX export (travel.export) can pad without Python branches on the size.
+        """
         if self.cfg.num_styles and style is None:
             style = torch.zeros(source.shape[0], dtype=torch.long, device=source.device)
-        h, w = source.shape[-2:]
-        x = pad_to_multiple(source, self.cfg.multiple)
-        x = self.stem(x)
+        x = self.stem(source)
         skips = [x]
         for (conv_down, conv), attn in zip(self.down, self.down_attn):
             x = attn(conv(conv_down(x)))
@@ -120,7 +150,11 @@ class Generator(nn.Module):
             x = conv_up(x, style)
             x = conv(torch.cat([x, skips.pop()], dim=1), style)
             x = attn(x)
-        return torch.tanh(self.head(x))[..., :h, :w]
+        change = self.head(x)
+        if self.cfg.residual:
+            # Work in tanh's pre-activation space so the identity is exactly representable.
+            return torch.tanh(torch.atanh(source.clamp(-0.999, 0.999)) + change)
+        return torch.tanh(change)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
