@@ -116,6 +116,23 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Self-conditioning (DESIGN.md section 3): cluster real targets in D's feature space, condition on the cluster."""
+
+    clusters: int = 0  # K; 0 = off. The generator must be built with num_styles = K
+    recluster_every: int = 1000  # steps between k-means runs (warm-started, ids kept by Hungarian matching)
+    subset: int = 1000  # at most this many real targets (a fixed, seeded subset) are clustered; the rest are assigned
+    anchor_scale: float = 1.0  # anchor c_k = anchor_scale * sqrt(L) * e_k, so anchors lie 2 * scale^2 apart in d
+
+    def __post_init__(self) -> None:
+        _check(self.clusters >= 0, f"clusters must be >= 0, got {self.clusters}")
+        _check(self.clusters != 1, "clusters must be 0 (off) or at least 2")
+        _check(self.recluster_every >= 1, "recluster_every must be >= 1")
+        _check(self.subset >= 2, "the clustering subset must hold at least 2 images")
+        _check(self.anchor_scale > 0, "anchor_scale must be > 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = ""  # folder of domain A images
     target: str = ""  # folder of domain B images
@@ -171,6 +188,7 @@ class FitConfig:
     name: str = "travel"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -180,6 +198,12 @@ class FitConfig:
             self.loss.rotation_d == 0 or self.model.discriminator.rotation_head,
             "the rotation loss needs a discriminator built with rotation_head=True",
         )
+        k = self.clusters.clusters
+        _check(
+            self.model.generator.num_styles == k,
+            f"self-conditioning with {k} clusters needs a generator with num_styles={k} (has {self.model.generator.num_styles})",
+        )
+        _check(k <= self.model.discriminator.vec_len, f"clusters ({k}) must not exceed vec_len ({self.model.discriminator.vec_len}): one anchor axis each")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         top = 1.0 if mode == "F" and array.max(initial=0) <= 1.0 else (65535.0 if array.max(initial=0) > 255 else 255.0)
+        if mode.startswith("I;16"):
+            top = 65535.0  # known 16-bit: a dark image (all values <= 255) must stay dark, not be read as 8-bit
         array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(array, mode="L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
@@ -239,10 +241,12 @@ class UnpairedBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(source [B, 3, crop, crop], target [B, 3, crop, crop], target image indices [B])."""
         step = self.start + k
         digest = hashlib.sha256(f"{self.seed}:{step}:{self.rank}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "little"))
         source = torch.stack([self.source.sample(rng.randrange(len(self.source)), rng) for _ in range(self.batch_size)])
-        target = torch.stack([self.target.sample(rng.randrange(len(self.target)), rng) for _ in range(self.batch_size)])
-        return source, target  # [B, 3, crop, crop] each
+        target_index = [rng.randrange(len(self.target)) for _ in range(self.batch_size)]
+        target = torch.stack([self.target.sample(i, rng) for i in target_index])
+        return source, target, torch.tensor(target_index)

@@ -24,12 +24,18 @@ class SelfAttention(nn.Module):
         self.key = wrap(nn.Conv2d(channels, inner, 1))
         self.value = wrap(nn.Conv2d(channels, channels, 1))
         self.gate = nn.Parameter(torch.zeros(()))
+        # Tiled translation (travel.inference) sets keys and values of the whole image here, so a tile attends
+        # to the whole image as the untiled pass does. A plain attribute, never in a state dict; None in training.
+        self.context: tuple[torch.Tensor, torch.Tensor] | None = None  # keys [1, M, inner], values [1, M, C]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
-        k = self.key(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
-        v = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
+        if self.context is None:
+            k = self.key(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
+            v = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
+        else:
+            k, v = (t.expand(n, -1, -1) for t in self.context)  # [N, M, inner], [N, M, C]
         # SDPA picks a memory-efficient kernel, so large maps do not build an HW x HW matrix.
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         return x + self.gate * out.transpose(1, 2).reshape(n, c, h, w)
@@ -45,33 +51,28 @@ class Norm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.style = nn.Embedding(num_styles, 2 * channels) if num_styles else None
         if self.style is not None:
-            nn.init.zeros_(self.style.weight)  # starts as the unconditional norm
-        # Tiled translation (travel.inference) normalises every tile of an image with the statistics of the
-        # whole image, or tiles would each get their own and show seams: "capture" records them, "replay"
-        # uses them. Plain attributes, so they never enter a state dict; training leaves them at None.
-        self.stats_mode: str | None = None
-        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None  # per-group mean, var: [N, G, 1] each
+            # Random, not zero: with TTUR's small generator lr a zero embedding barely moves in a short run
+            # (measured: 200 steps gave identical outputs for every style). The output stays the identity
+            # at initialisation anyway, because the generator's head starts at zero.
+            nn.init.normal_(self.style.weight, std=0.5)
+        # Tiled translation (travel.inference) sets the whole image's per-group mean and variance here, so that
+        # every tile is normalised alike instead of by its own statistics (which shows seams). A plain
+        # attribute, so never in a state dict; training leaves it at None.
+        self.fixed_stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, var: [N or 1, G, 1] each
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        if self.stats_mode is None:
+        if self.fixed_stats is None:
             x = F.group_norm(x, self.groups, self.weight, self.bias, eps=1e-5)
         else:
-            x = self._shared_group_norm(x)
+            x = self._fixed_group_norm(x, *self.fixed_stats)
         if self.style is not None and style is not None:
             scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)  # [N, C, 1, 1] each
             x = x * (1 + scale) + shift
         return x
 
-    def _shared_group_norm(self, x: torch.Tensor) -> torch.Tensor:
+    def _fixed_group_norm(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         grouped = x.reshape(n, self.groups, -1)  # [N, G, C/G * H * W]
-        if self.stats_mode == "capture":
-            var, mean = torch.var_mean(grouped, dim=2, unbiased=False, keepdim=True)
-            self.captured = (mean, var)
-        elif self.stats_mode == "replay" and self.captured is not None:
-            mean, var = self.captured
-        else:
-            raise RuntimeError(f"Norm2d stats_mode {self.stats_mode!r} without captured statistics")
         x = ((grouped - mean) * torch.rsqrt(var + 1e-5)).reshape(n, c, h, w)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
@@ -88,6 +89,8 @@ class ConvNormAct(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Generator.
+
+RESIDUAL_SCALE = 0.9  # residual output: tanh(atanh(0.9 x) + change) / 0.9
 
 
 class Generator(nn.Module):
@@ -152,8 +155,11 @@ class Generator(nn.Module):
             x = attn(x)
         change = self.head(x)
         if self.cfg.residual:
-            # Work in tanh's pre-activation space so the identity is exactly representable.
-            return torch.tanh(torch.atanh(source.clamp(-0.999, 0.999)) + change)
+            # Identity at initialisation, in tanh's pre-activation space. The input is scaled by 0.9 first:
+            # pure white or black (+-1) would otherwise sit deep in tanh's saturation (slope 0.002 at
+            # atanh(0.999)), and the generator could hardly change large white or black areas (slope 0.21 here).
+            # The output lies in (-1/0.9, 1/0.9); images are clamped to [-1, 1] when written.
+            return torch.tanh(torch.atanh(source.clamp(-1.0, 1.0) * RESIDUAL_SCALE) + change) / RESIDUAL_SCALE
         return torch.tanh(change)
 
 

@@ -23,7 +23,8 @@ from torchvision.utils import make_grid
 from travel import __version__
 from travel.augment import DiffAugment
 from travel.checkpoint import atomic_write_bytes, atomic_write_text, load_run_config, load_state, save_state, save_weights
-from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_dict, to_json
+from travel.clustering import KMeansResult, assign, cluster_frequencies, recluster
+from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_json
 from travel.data import ImageFolder, UnpairedBatches, resolve_domains, tensor_to_image
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.losses import anchor_d_loss, anchor_g_loss, anchor_distance, margin_loss, r1_penalty, rotation_loss, travel_loss
@@ -57,6 +58,28 @@ class Nets:
         return self.siamese if self.siamese is not None else self.discriminator
 
 
+@dataclass
+class Styles:
+    """Self-conditioning state: one cluster id per real target image, fixed between reclusterings."""
+
+    anchors: torch.Tensor  # [K, L]: c_k, the anchor of cluster k
+    subset: torch.Tensor  # [M]: indices of the target images that k-means sees (fixed for the run)
+    labels: torch.Tensor  # [num_targets]: cluster id of every target image
+    frequencies: torch.Tensor  # [K]: share of each cluster; ids for translations are drawn from it
+    result: KMeansResult | None = None  # the last clustering of the subset (warm start + id matching)
+
+    def draw(self, count: int) -> torch.Tensor:
+        """Cluster ids for a batch of `count` translations: one id, drawn from the clusters' frequencies. [count]
+
+        One style per batch, not one per image: the TraVeL loss compares vectors between translations, and
+        between two styles that vector also holds the gap between their anchors, which no source vector
+        matches, so mixed batches train the generator to ignore the style (measured: every style gave the
+        same colour on a three-sub-style task; with one style per batch they separate).
+        """
+        style = torch.multinomial(self.frequencies, 1)
+        return style.expand(count).to(self.anchors.device)
+
+
 # ---------------------------------------------------------------------------------------------
 # Phases of one step. Each returns its loss terms (detached) for logging.
 
@@ -64,17 +87,24 @@ class Nets:
 def discriminator_step(
     nets: Nets, opt_d: torch.optim.Optimizer, source: torch.Tensor, target: torch.Tensor, *, cfg: FitConfig,
     anchor: torch.Tensor, augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None,
+    target_style: torch.Tensor | None = None, styles: Styles | None = None,
 ) -> dict[str, torch.Tensor]:
+    """One D update. With self-conditioning, `target_style` [B] holds the real targets' cluster ids."""
     loss_cfg = cfg.loss
     disc = nets.discriminator
+    real_anchor = fake_anchor = anchor
+    fake_style = None
+    if styles is not None:
+        fake_style = styles.draw(source.shape[0])
+        real_anchor, fake_anchor = styles.anchors[target_style], styles.anchors[fake_style]  # [B, L] each
     with torch.no_grad(), autocast():
-        translation = nets.generator(source)
+        translation = nets.generator(source, fake_style)
     with autocast():
         real_in, fake_in = augment(target), augment(translation)
         if loss_cfg.r1_gamma > 0:
             real_in = real_in.detach().requires_grad_(True)
         real_emb, fake_emb = disc(real_in).float(), disc(fake_in).float()
-        terms = anchor_d_loss(real_emb, fake_emb, anchor, margin=loss_cfg.anchor_margin)
+        terms = anchor_d_loss(real_emb, fake_emb, real_anchor, margin=loss_cfg.anchor_margin, fake_anchor=fake_anchor)
         total = loss_cfg.adv * (terms["d_real"] + terms["d_fake"])
         if cfg.model.siamese == "shared":
             # Cooperative terms: D is also the Siamese embedding S, trained to make vectors comparable.
@@ -88,7 +118,7 @@ def discriminator_step(
             terms["rot_d"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
             total = total + loss_cfg.rotation_d * terms["rot_d"]
     if loss_cfg.r1_gamma > 0:
-        terms["r1"] = r1_penalty(anchor_distance(real_emb, anchor), real_in)
+        terms["r1"] = r1_penalty(anchor_distance(real_emb, real_anchor), real_in)
         total = total + 0.5 * loss_cfg.r1_gamma * terms["r1"]
     terms["d_total"] = total
     _backward_step(total, opt_d, scaler)
@@ -98,12 +128,16 @@ def discriminator_step(
 def generator_step(
     nets: Nets, opt_g: torch.optim.Optimizer, source: torch.Tensor, *, cfg: FitConfig, anchor: torch.Tensor,
     augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None, rotation_weight: float,
+    styles: Styles | None = None,
 ) -> dict[str, torch.Tensor]:
+    """One G (and separate S) update. With self-conditioning, translations are asked for drawn clusters."""
     loss_cfg = cfg.loss
     disc, embed = nets.discriminator, nets.embed
+    style = styles.draw(source.shape[0]) if styles is not None else None
+    fake_anchor = styles.anchors[style] if styles is not None else anchor
     with autocast():
-        translation = nets.generator(source)
-        terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), anchor)}
+        translation = nets.generator(source, style)
+        terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), fake_anchor)}
         if nets.siamese is None:
             with torch.no_grad():
                 src_emb = embed(source).float()  # S = D is not updated here, and S(source) does not depend on G
@@ -132,6 +166,67 @@ def ema_step(ema: nn.Module, generator: nn.Module, *, beta: float, step: int) ->
         p_ema.lerp_(p, 1 - beta)
     for b_ema, b in zip(ema.buffers(), generator.buffers()):
         b_ema.copy_(b)
+
+
+@torch.no_grad()
+def embed_targets(disc: Discriminator, target: ImageFolder, indices: torch.Tensor, device: torch.device,
+                  *, batch: int = 64) -> torch.Tensor:
+    """D's pooled trunk features of the centre crops of target images `indices`, L2-normalised: [M, F]."""
+    chunks = []
+    for start in range(0, len(indices), batch):
+        images = torch.stack([target.center(int(i)) for i in indices[start : start + batch]]).to(device)
+        chunks.append(torch.nn.functional.normalize(disc.features(images).float(), dim=1).cpu())
+    return torch.cat(chunks)
+
+
+def update_styles(styles: Styles, disc: Discriminator, target: ImageFolder, device: torch.device, *, seed: int) -> Styles:
+    """Recluster the subset (k-means++ first, warm start and Hungarian-matched ids after), relabel every image."""
+    k = styles.anchors.shape[0]
+    everything = torch.arange(len(target))
+    features = embed_targets(disc, target, everything, device)  # [num_targets, F]
+    points = features[styles.subset]
+    if styles.result is None:
+        # The first clustering has no previous means to start from: k-means++ can settle in a local optimum
+        # (two seeds in one true group), so keep the best of several restarts, as scikit-learn's n_init does.
+        tries = [recluster(points, k, generator=torch.Generator().manual_seed(seed * 100 + t)) for t in range(10)]
+        result = min(tries, key=lambda r: r.inertia)
+    else:
+        result = recluster(points, k, previous=styles.result, generator=torch.Generator().manual_seed(seed))
+    labels = assign(features, result.means)
+    labels[styles.subset] = result.labels
+    return replace(styles, labels=labels.to(device), frequencies=cluster_frequencies(labels, k).to(device), result=result)
+
+
+def styles_state(styles: Styles) -> dict[str, torch.Tensor]:
+    assert styles.result is not None
+    return {"labels": styles.labels.cpu(), "frequencies": styles.frequencies.cpu(), "subset": styles.subset,
+            "means": styles.result.means, "subset_labels": styles.result.labels}
+
+
+def restore_styles(state: dict[str, Any], styles: Styles | None, device: torch.device) -> Styles | None:
+    if styles is None:
+        return None
+    try:
+        saved = state["styles"]
+        result = KMeansResult(means=saved["means"], labels=saved["subset_labels"], inertia=0.0, iterations=0)
+        return replace(styles, subset=saved["subset"], labels=saved["labels"].to(device),
+                       frequencies=saved["frequencies"].to(device), result=result)
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"resume state has no usable self-conditioning state ({exc})") from None
+
+
+def make_styles(config: FitConfig, num_targets: int, device: torch.device) -> Styles | None:
+    k, vec_len = config.clusters.clusters, config.model.discriminator.vec_len
+    if k == 0:
+        return None
+    # Anchors on distinct axes, scale * sqrt(L) from the origin: any two lie 2 * scale^2 apart in d(.), beyond
+    # the margin m = 1 at the default scale, so a translation pulled onto c_k is far from every other anchor.
+    anchors = torch.zeros(k, vec_len, device=device)
+    anchors[torch.arange(k), torch.arange(k)] = config.clusters.anchor_scale * vec_len**0.5
+    subset = torch.randperm(num_targets, generator=torch.Generator().manual_seed(config.train.seed))
+    subset = subset[: config.clusters.subset].sort().values
+    uniform = torch.full((k,), 1.0 / k, device=device)
+    return Styles(anchors, subset, torch.zeros(num_targets, dtype=torch.long, device=device), uniform)
 
 
 def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +299,7 @@ def fit(
     opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
     augment = DiffAugment() if dc.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
+    styles = make_styles(config, len(target), device)
 
     start, elapsed_before = 0, 0.0
     if resume:
@@ -212,6 +308,7 @@ def fit(
         if saved.model != config.model:
             raise CheckpointError(f"{run_dir}: the saved run has a different architecture; cannot resume with this one")
         restore(state, nets, opt_g, opt_d)
+        styles = restore_styles(state, styles, device)
         start, elapsed_before = int(state["step"]), float(state.get("elapsed", 0.0))
         if start >= tc.steps:
             raise ConfigError(f"{run_dir} is already at step {start}; ask for more --steps to continue")
@@ -239,32 +336,42 @@ def fit(
 
     def save(step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - t0
-        save_state(run_dir, snapshot(nets, opt_g, opt_d, config, step, elapsed))
+        state = snapshot(nets, opt_g, opt_d, config, step, elapsed)
+        if styles is not None:
+            state["styles"] = styles_state(styles)
+        save_state(run_dir, state)
         summary = {
             "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size,
             "train_seconds": round(elapsed, 1), "device": str(device), "siamese": config.model.siamese,
             "source_images": len(source), "target_images": len(target),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "metrics": logged,
         }
+        if styles is not None:
+            summary["style_frequencies"] = [round(float(f), 6) for f in styles.frequencies]
         save_weights(
             weights_path, nets.ema, source_domain=domain_name(source_dir), target_domain=domain_name(target_dir),
             image_size=dc.crop_size, summary=summary,
         )
 
     with stop_on_signals() as signalled:
-        for source_batch, target_batch in loader:
+        for source_batch, target_batch, target_index in loader:
             source_batch = source_batch.to(device, non_blocking=True)
             target_batch = target_batch.to(device, non_blocking=True)
+            target_style = None
+            if styles is not None:
+                if step % config.clusters.recluster_every == 0:
+                    styles = update_styles(styles, nets.discriminator, target, device, seed=tc.seed + step)
+                target_style = styles.labels[target_index.to(device)]
 
             for _ in range(tc.d_steps):
                 d_terms = discriminator_step(
                     nets, opt_d, source_batch, target_batch, cfg=config, anchor=anchor, augment=augment,
-                    autocast=autocast, scaler=scaler,
+                    autocast=autocast, scaler=scaler, target_style=target_style, styles=styles,
                 )
             nets.discriminator.requires_grad_(False)
             g_terms = generator_step(
                 nets, opt_g, source_batch, cfg=config, anchor=anchor, augment=augment, autocast=autocast,
-                scaler=scaler, rotation_weight=rotation_weight_at(config, step),
+                scaler=scaler, rotation_weight=rotation_weight_at(config, step), styles=styles,
             )
             nets.discriminator.requires_grad_(True)
             ema_step(nets.ema, nets.generator, beta=tc.ema_beta, step=step)
@@ -280,10 +387,10 @@ def fit(
                 append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
                 running, count, t_log, step_log = {}, 0, now, step
                 if not all(math.isfinite(v) for v in logged.values()):
-                    save_samples(run_dir, nets.ema, fixed, step)
+                    save_samples(run_dir, nets.ema, fixed, step, styles=styles)
                     raise TravelError(f"training diverged at step {step} (non-finite loss); lower the learning rates")
             if step % tc.sample_every == 0 or step == tc.steps:
-                save_samples(run_dir, nets.ema, fixed, step)
+                save_samples(run_dir, nets.ema, fixed, step, styles=styles)
             if step % tc.save_every == 0 or step == tc.steps:
                 save(step)
             if progress_fn is not None:
@@ -379,10 +486,15 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 @torch.no_grad()
-def save_samples(run_dir: Path, generator: Generator, fixed: torch.Tensor, step: int) -> Path:
-    """A grid: the fixed source images on top, their translations by the EMA generator below."""
-    translation = generator(fixed)
-    grid = make_grid(torch.cat([fixed, translation]).float().cpu(), nrow=fixed.shape[0], padding=2, pad_value=1.0)
+def save_samples(run_dir: Path, generator: Generator, fixed: torch.Tensor, step: int, *,
+                 styles: Styles | None = None) -> Path:
+    """A grid: the fixed source images on top, their translations by the EMA generator below (one row per style)."""
+    n = fixed.shape[0]
+    if styles is None:
+        rows = [generator(fixed)]
+    else:
+        rows = [generator(fixed, torch.full((n,), k, device=fixed.device)) for k in range(styles.anchors.shape[0])]
+    grid = make_grid(torch.cat([fixed, *rows]).float().cpu(), nrow=n, padding=2, pad_value=1.0)
     buffer = io.BytesIO()
     tensor_to_image(grid).save(buffer, format="PNG")
     path = run_dir / "samples" / f"step_{step:07d}.png"
