@@ -158,8 +158,9 @@ class Generator(nn.Module):
             # Identity at initialisation, in tanh's pre-activation space. The input is scaled by 0.9 first:
             # pure white or black (+-1) would otherwise sit deep in tanh's saturation (slope 0.002 at
             # atanh(0.999)), and the generator could hardly change large white or black areas (slope 0.21 here).
-            # The output lies in (-1/0.9, 1/0.9); images are clamped to [-1, 1] when written.
-            return torch.tanh(torch.atanh(source.clamp(-1.0, 1.0) * RESIDUAL_SCALE) + change) / RESIDUAL_SCALE
+            # Clamped to [-1, 1] here, not only when written: the discriminator must never see values real images
+            # cannot have (anything beyond +-1 would mark a translation as fake). Identity at init is unaffected.
+            return (torch.tanh(torch.atanh(source.clamp(-1.0, 1.0) * RESIDUAL_SCALE) + change) / RESIDUAL_SCALE).clamp(-1.0, 1.0)
         return torch.tanh(change)
 
 

@@ -1,0 +1,104 @@
+"""`travel export --onnx`: dynamic batch, height and width, and the same numbers as PyTorch in onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from travel.checkpoint import load_weights, save_weights
+from travel.cli import app
+from travel.config import GeneratorConfig
+from travel.models import Generator, SelfAttention
+
+onnxruntime = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+
+TINY = dict(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4)  # multiple of 4
+
+
+def invoke(*args: str | Path):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def checkpoint(path: Path, **overrides) -> Path:
+    """A tiny generator that really changes its input: random head, open attention gates, random style table."""
+    torch.manual_seed(0)
+    generator = Generator(GeneratorConfig(**{**TINY, **overrides})).eval()
+    generator.head.reset_parameters()
+    for module in generator.modules():
+        if isinstance(module, SelfAttention):
+            module.gate.data.fill_(0.5)
+    save_weights(path, generator, source_domain="red", target_domain="blue", image_size=16, summary={})
+    return path
+
+
+def exported(tmp_path_factory, **overrides) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("export")
+    ckpt = checkpoint(folder / "red2blue.safetensors", **overrides)
+    result = invoke("export", "--ckpt", ckpt, "--onnx", folder / "red2blue.onnx")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(folder / "red2blue.onnx")
+    assert result.stderr.count("checked in onnxruntime") == 3  # the built-in check ran at three sizes
+    return ckpt, folder / "red2blue.onnx"
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return exported(tmp_path_factory)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 64, 48), (1, 3, 5, 3), (3, 3, 16, 20)])
+def test_onnx_matches_pytorch_at_any_size(plain, shape):
+    ckpt, path = plain
+    generator = load_weights(ckpt).build()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape))) * 2 - 1
+    (translation,) = session.run(["translation"], {"source": source.numpy()})
+    with torch.no_grad():
+        expected = generator(source).numpy()
+    assert translation.shape == expected.shape
+    assert np.abs(translation - expected).max() < 1e-3
+    assert np.abs(expected - source.numpy()).mean() > 0.05  # the model does change its input: parity means something
+
+
+def test_onnx_inputs_are_dynamic_and_described(plain):
+    _, path = plain
+    model = onnx.load(str(path))
+    (source,) = model.graph.input
+    dims = source.type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True] and dims[1].dim_value == 3
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    assert metadata["source_domain"] == "red" and metadata["target_domain"] == "blue" and "[-1, 1]" in metadata["input"]
+
+
+@pytest.mark.slow
+def test_onnx_with_styles_takes_a_style_input(tmp_path_factory):
+    ckpt, path = exported(tmp_path_factory, num_styles=3)
+    generator = load_weights(ckpt).build()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = torch.rand(3, 3, 21, 30, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    style = torch.tensor([0, 1, 2])
+    (translation,) = session.run(["translation"], {"source": source.numpy(), "style": style.numpy()})
+    with torch.no_grad():
+        expected = generator(source, style).numpy()
+    assert np.abs(translation - expected).max() < 1e-3
+    (same_image,) = session.run(["translation"], {"source": source[:1].repeat(2, 1, 1, 1).numpy(), "style": np.array([0, 2])})
+    assert np.abs(same_image[0] - same_image[1]).mean() > 1e-3  # the style input is used
+
+
+def test_export_errors_are_one_line(tmp_path):
+    ckpt = checkpoint(tmp_path / "m.safetensors")
+    for args, message in (
+        (["--ckpt", ckpt, "--onnx", tmp_path / "m.txt"], "should end in .onnx"),
+        (["--ckpt", tmp_path / "missing.safetensors", "--onnx", tmp_path / "m.onnx"], "no such checkpoint"),
+    ):
+        result = invoke("export", *args)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
