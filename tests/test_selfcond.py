@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -62,3 +63,51 @@ def test_clusters_match_substyles_and_styles_are_followed(tmp_path):
         recognised = torch.cdist(colours, palette).argmin(dim=1)
         share = (recognised == expected).float().mean().item()
         assert share >= 0.8, (k, expected, recognised.tolist())
+
+
+def _tiny_styled_weights(tmp_path, frequencies):
+    """A 3-style generator saved with given style frequencies (untrained, with its head made non-zero)."""
+    from travel.checkpoint import save_weights
+    from travel.models import build_generator
+
+    torch.manual_seed(0)
+    generator = build_generator(GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=3))
+    torch.nn.init.normal_(generator.head.weight, std=0.5)  # so styles give different outputs
+    path = tmp_path / "styled.safetensors"
+    save_weights(path, generator, source_domain="a", target_domain="b", image_size=16,
+                 summary={"steps": 1, "style_frequencies": frequencies})
+    return path
+
+
+def test_translator_defaults_to_most_frequent_style(tmp_path):
+    from travel.inference import Translator
+
+    translator = Translator.from_pretrained(_tiny_styled_weights(tmp_path, [0.2, 0.5, 0.3]), device="cpu")
+    assert translator.num_styles == 3 and translator.default_style == 1
+    image = Image.new("RGB", (20, 12), (200, 100, 50))
+    default, one, zero = (np.asarray(translator(image, style=k)) for k in (None, 1, 0))
+    assert np.array_equal(default, one)
+    assert not np.array_equal(default, zero)
+
+
+def test_translate_style_all_writes_one_output_per_style(tmp_path):
+    from typer.testing import CliRunner
+
+    from travel.cli import app
+
+    ckpt = _tiny_styled_weights(tmp_path, [0.2, 0.5, 0.3])
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (20, 12), (200, 100, 50)).save(photo)
+    result = CliRunner().invoke(app, ["translate", str(photo), "--ckpt", str(ckpt), "--style", "all", "--quiet"])
+    assert result.exit_code == 0, result.output
+    outputs = sorted(p.name for p in tmp_path.glob("photo.styled.style*.png"))
+    assert outputs == ["photo.styled.style0.png", "photo.styled.style1.png", "photo.styled.style2.png"]
+    pixels = [np.asarray(Image.open(tmp_path / name)) for name in outputs]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+    # Running again over the folder does not translate the translations.
+    again = CliRunner().invoke(app, ["translate", str(tmp_path), "--ckpt", str(ckpt), "--style", "all", "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert len(list(tmp_path.glob("*.png"))) == 4
+
+    bad = CliRunner().invoke(app, ["translate", str(photo), "--ckpt", str(ckpt), "--style", "7"])
+    assert bad.exit_code == 2 and "out of range" in bad.output

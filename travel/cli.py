@@ -203,7 +203,9 @@ def translate(
     ckpt: str = typer.Option(..., "--ckpt", help="A checkpoint name (see `travel models`), a .safetensors file or a run folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: beside each input); folder inputs keep their sub-folders."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this many pixels first (default: keep the resolution)."),
-    style: Optional[int] = typer.Option(None, "--style", help="Output style (cluster id) of a self-conditioned model."),
+    style: Optional[str] = typer.Option(
+        None, "--style", help="Self-conditioned models: a style (cluster id), or 'all' for one output per style (PHOTO.CKPT.styleK.png)."
+    ),
     tile: Optional[int] = typer.Option(None, "--tile", help="Translate in overlapping tiles of this side (default: 512 above --tile-above pixels; 0: never)."),
     overlap: int = typer.Option(64, "--overlap", help="Pixels shared by neighbouring tiles, blended without seams."),
     tile_above: int = typer.Option(1024 * 1024, "--tile-above", help="Pixel budget of one forward pass; larger images are tiled."),
@@ -229,31 +231,48 @@ def translate(
     from travel.inference import Translator, check_tiling
 
     translator = Translator.from_pretrained(ckpt, device=device)
-    translator.style_ids(style, 1)  # an out-of-range --style fails now, not once per image
+    if style == "all":
+        if not translator.num_styles:
+            raise ConfigError(f"--style all: {translator.name} is not a self-conditioned model (it has one style)")
+        styles: list[int | None] = list(range(translator.num_styles))
+    elif style is None:
+        styles = [None]
+    else:
+        try:
+            styles = [int(style)]
+        except ValueError:
+            raise ConfigError(f"--style must be a style number or 'all', got {style!r}") from None
+        translator.style_ids(styles[0], 1)  # an out-of-range --style fails now, not once per image
     if tile:
         check_tiling(tile, overlap, translator.multiple)
-    jobs, failures = _plan_translation(inputs, out=out, name=translator.name)
-    if not jobs and not failures:
-        raise ConfigError("no images found in the given inputs")
     # Pillow refuses images above twice its own limit before ours is even asked; --max-pixels is the one limit.
     Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
-    settings = dict(size=size, style=style, tile=tile, overlap=overlap, tile_above=tile_above, max_pixels=max_pixels)
-    total = len(jobs) + len(failures)
-    written = _translate_jobs(translator, jobs, failures, settings=settings, batch_size=batch_size, quiet=quiet)
+    written, total, failures = 0, 0, []
+    for chosen in styles:
+        name = translator.name if style != "all" else f"{translator.name}.style{chosen}"
+        jobs, failures = _plan_translation(inputs, out=out, name=name, skip=translator.name)
+        if not jobs and not failures:
+            raise ConfigError("no images found in the given inputs")
+        settings = dict(size=size, style=chosen, tile=tile, overlap=overlap, tile_above=tile_above, max_pixels=max_pixels)
+        total = len(jobs) + len(failures)
+        written += _translate_jobs(translator, jobs, failures, settings=settings, batch_size=batch_size, quiet=quiet)
     if failures:
         if total > 1:  # one input's own error line already says it all
             typer.echo(f"error: {len(failures)} of {total} input(s) failed; translated {written}", err=True)
         raise typer.Exit(1)
 
 
-def _plan_translation(inputs: list[str], *, out: Path | None, name: str) -> tuple[list[tuple[Path, Path]], list[str]]:
+def _plan_translation(
+    inputs: list[str], *, out: Path | None, name: str, skip: str | None = None
+) -> tuple[list[tuple[Path, Path]], list[str]]:
     """(source, output) pairs for every image the arguments name, and one message per argument that names none.
 
-    Folders are searched recursively, skipping earlier outputs of this checkpoint (*.NAME.png), so running
+    Folders are searched recursively, skipping earlier outputs of this checkpoint (*.NAME.png, *.NAME.styleK.png), so running
     twice over a folder does not translate translations. Refuses (a usage error) an output that would
     overwrite an input, or two inputs that would write the same output.
     """
     import glob
+    import re
 
     from travel.data import IMAGE_EXTENSIONS, find_images
     from travel.errors import ConfigError
@@ -261,6 +280,8 @@ def _plan_translation(inputs: list[str], *, out: Path | None, name: str) -> tupl
     jobs: dict[Path, tuple[Path, Path]] = {}  # resolved source -> (source, output)
     failures: list[str] = []
     suffix = f".{name}.png"
+    # Earlier outputs of this checkpoint, of any style: PHOTO.CKPT.png and PHOTO.CKPT.styleK.png.
+    earlier = re.compile(rf"\.{re.escape(skip or name)}(\.style\d+)?\.png$")
 
     def add_file(path: Path, root: Path | None) -> None:
         folder = path.parent if out is None else (out / path.parent.relative_to(root) if root is not None else out)
@@ -268,7 +289,7 @@ def _plan_translation(inputs: list[str], *, out: Path | None, name: str) -> tupl
 
     def add(path: Path) -> None:
         if path.is_dir():
-            found = [p for p in find_images(path) if not p.name.endswith(suffix)]
+            found = [p for p in find_images(path) if not earlier.search(p.name)]
             if not found:
                 failures.append(f"{path}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
             for file in found:

@@ -175,8 +175,25 @@ class Translator:
     def _forward(self, source: torch.Tensor, style: int | None) -> torch.Tensor:
         return self.generator(source.to(self.device, torch.float32), self.style_ids(style, source.shape[0]))
 
+    @property
+    def num_styles(self) -> int:
+        """Output styles (self-conditioning clusters) this model offers; 0 for an unconditional model."""
+        return self.weights.config.num_styles
+
+    @property
+    def default_style(self) -> int | None:
+        """The style used when none is asked for: the most frequent cluster of the training targets."""
+        if not self.num_styles:
+            return None
+        frequencies = self.weights.summary.get("style_frequencies")
+        if isinstance(frequencies, list) and len(frequencies) == self.num_styles:
+            return max(range(self.num_styles), key=lambda k: frequencies[k])
+        return 0
+
     def style_ids(self, style: int | None, count: int) -> torch.Tensor | None:
         """[count] ids for `style` on the device, or None; a style the model does not have is a ConfigError."""
+        if style is None:
+            style = self.default_style
         if style is None:
             return None
         styles = self.weights.config.num_styles
