@@ -1,0 +1,330 @@
+"""`travel eval`: translate a test set with a checkpoint and score it, beside the do-nothing (identity) baseline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from travel import __version__
+from travel.checkpoint import atomic_write_text
+from travel.data import find_images, image_to_tensor, load_image, resize_shorter
+from travel.errors import ConfigError, DataError, TravelError
+from travel.inference import Translator, resolve_checkpoint, runs_dir, shipped_weights_dir
+from travel.metrics import fid, kid, l1_distance, retrieval_accuracy, ssim, two_sample_accuracy
+
+MessageFn = Callable[[str], None]
+ROWS = ("translation", "identity")  # what is scored: the model's output, and the untranslated input
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How `travel eval` runs. Saved in the JSON report."""
+
+    split: str = "test"  # reads DIR/{split}A and DIR/{split}B
+    size: int | None = None  # square side images are scored at; None: the checkpoint's training size
+    limit: int | None = None  # score at most this many source images (and targets)
+    seed: int = 0  # two-sample test split and training, KID subsets
+    batch_size: int = 8  # images per generator / Inception forward pass
+    device: str = "auto"
+    c2st_size: int = 64  # the two-sample classifier sees images at most this big
+    c2st_steps: int = 300  # its training steps
+    inception_weights: str | None = None  # torchvision inception_v3 state dict; KID/FID are skipped without it
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.split or any(c in self.split for c in "/\\"):
+            raise ConfigError(f"bad split name {self.split!r}")
+        if self.size is not None and self.size < 16:
+            raise ConfigError(f"--size must be >= 16 (SSIM needs room for its window), got {self.size}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.c2st_size < 8 or self.c2st_steps < 1:
+            raise ConfigError("the two-sample test needs --c2st-size >= 8 and --c2st-steps >= 1")
+        if self.kid_subset_size < 2 or self.kid_subsets < 1:
+            raise ConfigError("KID needs a subset size >= 2 and at least one subset")
+
+
+@dataclass(frozen=True)
+class TestSet:
+    source: tuple[Path, ...]
+    target: tuple[Path, ...]  # for a paired set, target[i] is the ground truth of source[i]
+    paired: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and loading the test set.
+
+
+def find_test_set(data_dir: str | Path, *, split: str = "test", limit: int | None = None) -> TestSet:
+    """DIR/{split}A and DIR/{split}B (the CycleGAN layout). Paired when the file names (without extension,
+    relative to each folder) are the same on both sides; unpaired otherwise."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    folder_a, folder_b = root / f"{split}A", root / f"{split}B"
+    if not (folder_a.is_dir() and folder_b.is_dir()):
+        raise DataError(f"{root}: expected {split}A/ and {split}B/ inside (the CycleGAN layout)")
+    files_a, files_b = find_images(folder_a), find_images(folder_b)
+    for folder, files in ((folder_a, files_a), (folder_b, files_b)):
+        if not files:
+            raise DataError(f"{folder}: no images found")
+    keys_a = {_pair_key(p, folder_a): p for p in files_a}
+    keys_b = {_pair_key(p, folder_b): p for p in files_b}
+    notes: list[str] = []
+    paired = len(keys_a) == len(files_a) and len(keys_b) == len(files_b) and keys_a.keys() == keys_b.keys()
+    if paired:
+        order = sorted(keys_a)[:limit]
+        return TestSet(tuple(keys_a[k] for k in order), tuple(keys_b[k] for k in order), True)
+    shared = len(keys_a.keys() & keys_b.keys())
+    if shared:
+        notes.append(f"{shared} file names appear on both sides but not all do; treated as unpaired")
+    return TestSet(tuple(files_a[:limit]), tuple(files_b[:limit]), False, tuple(notes))
+
+
+def _pair_key(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
+def load_square(path: Path, size: int) -> torch.Tensor:
+    """One image, shorter side resized to `size`, centre-cropped square: [3, size, size] in [-1, 1]."""
+    image = resize_shorter(load_image(path, draft=size), size)
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return image_to_tensor(image.crop((left, top, left + size, top + size)))
+
+
+def load_test_set(test_set: TestSet, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(source [N, 3, S, S], target [M, 3, S, S], skipped files). An unreadable image drops its pair too."""
+    skipped: list[str] = []
+
+    def load(path: Path) -> torch.Tensor | None:
+        try:
+            return load_square(path, size)
+        except DataError as exc:
+            skipped.append(str(exc))
+            return None
+
+    if test_set.paired:
+        pairs = [(load(a), load(b)) for a, b in zip(test_set.source, test_set.target)]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        source, target = [a for a, _ in pairs], [b for _, b in pairs]
+    else:
+        source = [t for t in map(load, test_set.source) if t is not None]
+        target = [t for t in map(load, test_set.target) if t is not None]
+    if not source or not target:
+        raise DataError("no readable test images left (see the skipped files)" + (f": {skipped[0]}" if skipped else ""))
+    return torch.stack(source), torch.stack(target), skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Inception features for KID / FID, from a weights file the user supplies (nothing is downloaded).
+
+
+class InceptionFeatures:
+    """torchvision's inception_v3 with the user's weights; images -> 2048-d pool features."""
+
+    def __init__(self, weights_path: str | Path, *, device: torch.device) -> None:
+        from torchvision.models import inception_v3
+
+        path = Path(weights_path)
+        state = _load_state_dict(path)
+        has_aux = any(key.startswith("AuxLogits.") for key in state)
+        # The Google weights take inputs in [-1, 1], our convention; torchvision's transform_input converts
+        # ImageNet-normalised inputs to that range, so it stays off here.
+        model = inception_v3(weights=None, aux_logits=has_aux, init_weights=False, transform_input=False)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise TravelError(f"{path}: not a torchvision inception_v3 state dict ({str(exc).splitlines()[0]})") from None
+        model.fc = nn.Identity()  # keep the 2048-d pooled features
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, *, batch_size: int = 16) -> np.ndarray:
+        """images: [N, 3, H, W] in [-1, 1]. Returns [N, 2048] float64."""
+        features = []
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size].to(self.device, torch.float32)
+            batch = F.interpolate(batch, size=(299, 299), mode="bilinear", align_corners=False, antialias=True)
+            features.append(self.model(batch).double().cpu())
+        return torch.cat(features).numpy()
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such weights file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as exc:  # torch raises many types for a file that is not a state dict
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TravelError(f"{path}: cannot read weights ({reason[:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TravelError(f"{path}: not a state dict of tensors")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring.
+
+
+def score(
+    *, source: torch.Tensor, target: torch.Tensor, translation: torch.Tensor, paired: bool, settings: EvalSettings,
+    inception: InceptionFeatures | None = None, say: MessageFn | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Metrics for the translation and for the identity baseline (the source itself), row by row.
+
+    source, translation: [N, 3, S, S]; target: [M, 3, S, S] (M = N and row i <-> row i when paired).
+    Missing metrics are None (unpaired sets have no L1 / SSIM / retrieval; no Inception weights, no KID / FID).
+    """
+    say = say or (lambda message: None)
+    target_features = inception(target, batch_size=settings.batch_size) if inception is not None else None
+    rows: dict[str, dict[str, float | None]] = {}
+    for row, candidate in (("translation", translation), ("identity", source)):
+        metrics: dict[str, float | None] = dict.fromkeys(
+            ("l1", "ssim", "retrieval", "c2st_accuracy", "c2st_train_accuracy", "kid", "kid_std", "fid")
+        )
+        if paired:
+            metrics["l1"] = float(l1_distance(candidate, target).mean())
+            metrics["ssim"] = float(ssim(candidate, target).mean())
+            metrics["retrieval"] = retrieval_accuracy(candidate, target)
+        if min(candidate.shape[0], target.shape[0]) >= 4:
+            say(f"{row}: two-sample test ({settings.c2st_steps} steps)")
+            c2st = two_sample_accuracy(target, candidate, seed=settings.seed, size=settings.c2st_size, steps=settings.c2st_steps)
+            metrics["c2st_accuracy"], metrics["c2st_train_accuracy"] = c2st["accuracy"], c2st["train_accuracy"]
+        if inception is not None and target_features is not None and min(candidate.shape[0], target.shape[0]) >= 2:
+            say(f"{row}: Inception features")
+            features = inception(candidate, batch_size=settings.batch_size)
+            k = kid(features, target_features, subset_size=settings.kid_subset_size, subsets=settings.kid_subsets, seed=settings.seed)
+            metrics["kid"], metrics["kid_std"] = k["mean"], k["std"]
+            metrics["fid"] = fid(features, target_features)
+        rows[row] = metrics
+    return rows
+
+
+def evaluate(
+    ckpt: str | Path, data_dir: str | Path, *, settings: EvalSettings = EvalSettings(), say: MessageFn | None = None,
+) -> dict[str, Any]:
+    """Translate DIR/{split}A with the checkpoint and score it against DIR/{split}B. Returns the JSON report."""
+    say = say or (lambda message: None)
+    weights_path = resolve_checkpoint(ckpt)
+    test_set = find_test_set(data_dir, split=settings.split, limit=settings.limit)
+    if settings.inception_weights is not None and not Path(settings.inception_weights).is_file():
+        raise DataError(f"{settings.inception_weights}: no such weights file")
+    translator = Translator.from_pretrained(weights_path, device=settings.device)
+    size = settings.size or translator.weights.image_size or 256
+    if size < 16:
+        raise ConfigError(f"image size {size} is below 16 pixels; pass --size")
+
+    say(f"loading {len(test_set.source)} source and {len(test_set.target)} target images at {size}px")
+    source, target, skipped = load_test_set(test_set, size)
+    say(f"translating {source.shape[0]} images")
+    translation = torch.cat([
+        translator.translate_tensor(source[i:i + settings.batch_size]) for i in range(0, source.shape[0], settings.batch_size)
+    ])  # [N, 3, S, S]
+    inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
+    rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
+                 inception=inception, say=say)
+
+    notes = list(test_set.notes)
+    if skipped:
+        notes.append(f"{len(skipped)} unreadable image(s) skipped" + (" with their pairs" if test_set.paired else ""))
+    if not test_set.paired:
+        notes.append("unpaired test set (file names differ between A and B): realism metrics only")
+    if min(source.shape[0], target.shape[0]) < 4:
+        notes.append("fewer than 4 images per side: two-sample test skipped" + (
+            "; KID/FID too" if inception is not None and min(source.shape[0], target.shape[0]) < 2 else ""))
+    if inception is None:
+        notes.append("KID/FID skipped: pass --inception-weights PATH (torchvision inception_v3 state dict)")
+    else:
+        notes.append("KID/FID use torchvision's inception_v3 pool features; FID is biased upwards for small sets, KID is not")
+    return {
+        "format": "travel-eval",
+        "travel_version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": weights_path.stem,
+        "checkpoint_path": str(weights_path),
+        "source_domain": translator.weights.source_domain,
+        "target_domain": translator.weights.target_domain,
+        "data": str(Path(data_dir)),
+        "paired": test_set.paired,
+        "counts": {"source": int(source.shape[0]), "target": int(target.shape[0]), "skipped": len(skipped)},
+        "device": str(translator.device),
+        "settings": {**asdict(settings), "size": size},
+        "metrics": rows,
+        "definitions": DEFINITIONS,
+        "notes": notes,
+        "skipped": skipped,
+    }
+
+
+DEFINITIONS = {
+    "l1": "mean absolute difference to the paired ground truth, [0, 1] intensity scale (lower is better)",
+    "ssim": "structural similarity to the paired ground truth, kornia, 11-px Gaussian window (higher is better)",
+    "retrieval": "share of images whose nearest test target by L2 distance in pixel space is their own pair; "
+    "pixel distance rewards keeping the layout, so compare with the identity row (DESIGN.md section 7)",
+    "c2st_accuracy": "held-out accuracy of a small CNN trained to tell real target images from these images; "
+    "0.5 = indistinguishable from real targets, 1.0 = always told apart (lower is better)",
+    "kid": "kernel Inception distance: unbiased MMD^2, kernel (x.y / 2048 + 1)^3, on Inception pool features (lower is better)",
+    "fid": "Frechet Inception distance (lower is better)",
+}
+
+
+def default_output_path(weights_path: str | Path, data_dir: str | Path, *, split: str) -> Path:
+    """eval-DATA-SPLIT.json beside the checkpoint; for shipped weights, in runs/NAME/ instead."""
+    weights_path = Path(weights_path).resolve()
+    name = f"{weights_path.stem}.eval-{Path(data_dir).resolve().name}-{split}.json"
+    if weights_path.parent == shipped_weights_dir().resolve():
+        return runs_dir() / weights_path.stem / name
+    return weights_path.parent / name
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a small plain-text table, with a line of definitions under it."""
+    rows = report["metrics"]
+    columns = [("l1", "L1", "{:.4f}"), ("ssim", "SSIM", "{:.4f}"), ("retrieval", "px retrieval", "{:.3f}"),
+               ("c2st_accuracy", "C2ST acc", "{:.3f}"), ("kid", "KID", "{:.4f}"), ("fid", "FID", "{:.2f}")]
+    columns = [c for c in columns if any(rows[r][c[0]] is not None for r in rows)]
+    cells = [["", *[title for _, title, _ in columns]]]
+    for row in rows:
+        cells.append([row, *[fmt.format(rows[row][key]) if rows[row][key] is not None else "-" for key, _, fmt in columns]])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in cells]
+    counts = report["counts"]
+    kind = f"paired, {counts['source']} pairs" if report["paired"] else f"unpaired, {counts['source']} source / {counts['target']} target"
+    head = (f"{report['checkpoint']} on {report['data']} ({report['settings']['split']}, {kind}, "
+            f"{report['settings']['size']}px)")
+    legend = []
+    if report["paired"]:
+        chance = 1 / max(counts["target"], 1)
+        legend.append(f"L1 (lower is better) and SSIM (higher) against the ground truth; px retrieval: nearest target by "
+                      f"pixel L2 is the own pair (chance {chance:.3f}; pixels reward copied layout, see the identity row)")
+    if any(rows[r]["c2st_accuracy"] is not None for r in rows):
+        legend.append("C2ST acc: held-out accuracy telling real targets from these images (0.5 = indistinguishable)")
+    return "\n".join([head, *lines, *legend, *[f"note: {n}" for n in report["notes"]]])
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as JSON, atomically (no torn file if interrupted)."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return path
