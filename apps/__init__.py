@@ -1,0 +1,1 @@
+"""The web demo (apps/demo.py), shipped inside the package as travel.apps."""
