@@ -1,0 +1,233 @@
+"""`travel fit` from the command line: tiny runs, one-line errors, warnings that name files, signals and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import travel
+from conftest import draw_shapes
+from travel.checkpoint import load_state, load_weights
+from travel.cli import app
+from travel.config import FitConfig, from_dict
+
+# Tiny networks at 16 px on the CPU: a step takes milliseconds.
+TINY = ["--size", "16", "--channels", "8", "--depth", "2", "--vec-len", "8", "--batch-size", "2", "--device", "cpu",
+        "--log-every", "1", "--sample-every", "1000"]
+
+
+def invoke(*args: str | Path):
+    # typer's CliRunner (click 8.2+) keeps stderr apart: result.stdout, result.stderr; result.output has both.
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_one_error_line(result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an escaped exception
+    assert "Traceback" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a forgotten --run-dir lands in tmp, not in the repository
+
+
+@pytest.fixture
+def folders(tmp_path):
+    red, blue = tmp_path / "red", tmp_path / "blue"
+    draw_shapes(red, 4, colour=(220, 30, 30), size=24, seed=1)
+    draw_shapes(blue, 4, colour=(30, 30, 220), size=24, seed=2)
+    return red, blue
+
+
+def test_tiny_fit(folders, tmp_path):
+    red, blue = folders
+    result = invoke("fit", "--src", red, "--dst", blue, "--run-dir", tmp_path / "run", "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "done: 2 steps" in result.stdout
+    weights = load_weights(tmp_path / "run" / "red2blue.safetensors")
+    assert (weights.source_domain, weights.target_domain, weights.image_size) == ("red", "blue", 16)
+    config = from_dict(FitConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert (config.train.steps, config.data.crop_size, config.model.discriminator.vec_len) == (2, 16, 8)
+
+
+def test_dry_run_prints_the_config_as_json_and_trains_nothing(folders, tmp_path):
+    red, blue = folders
+    result = invoke("fit", "--src", red, "--dst", blue, "--steps", "7", "--siamese", "separate", "--dry-run", *TINY)
+    assert result.exit_code == 0, result.output
+    config = from_dict(FitConfig, json.loads(result.stdout))
+    assert (config.name, config.train.steps, config.model.siamese) == ("red2blue", 7, "separate")
+    assert config.data.source == str(red.resolve()) and config.data.load_size >= config.data.crop_size == 16
+    assert not (tmp_path / "runs").exists()
+
+
+def only_unreadable(tmp_path: Path) -> Path:
+    folder = tmp_path / "unreadable"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.jpg").write_bytes(b"")
+    return folder
+
+
+def empty(tmp_path: Path) -> Path:
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def a_folder_that_is_not_a_run(tmp_path: Path) -> Path:
+    (tmp_path / "notarun").mkdir()
+    return tmp_path / "notarun"
+
+
+BAD = {
+    "missing-folder": lambda p, r, b: ["--src", p / "nope", "--dst", b],
+    "empty-folder": lambda p, r, b: ["--src", empty(p), "--dst", b],
+    "only-unreadable-files": lambda p, r, b: ["--src", r, "--dst", only_unreadable(p)],
+    "same-folder": lambda p, r, b: ["--src", r, "--dst", r],
+    "same-folder-other-spelling": lambda p, r, b: ["--src", r, "--dst", r / ".." / r.name],
+    "negative-steps": lambda p, r, b: ["--src", r, "--dst", b, "--steps", "-5"],
+    "crop-larger-than-load": lambda p, r, b: ["--src", r, "--dst", b, "--size", "32", "--load-size", "16"],
+    "batch-size-1": lambda p, r, b: ["--src", r, "--dst", b, "--batch-size", "1"],
+    "unknown-siamese": lambda p, r, b: ["--src", r, "--dst", b, "--siamese", "both"],
+    "unknown-device": lambda p, r, b: ["--src", r, "--dst", b, "--device", "tpu"],
+    "fp16-on-cpu": lambda p, r, b: ["--src", r, "--dst", b, "--precision", "fp16", "--device", "cpu"],
+    "resume-not-a-run": lambda p, r, b: ["--resume", a_folder_that_is_not_a_run(p)],
+    "resume-missing": lambda p, r, b: ["--resume", p / "never"],
+    "data-without-layout": lambda p, r, b: ["--data", r],
+    "no-folders": lambda p, r, b: [],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gives_one_error_line(folders, tmp_path, case):
+    red, blue = folders
+    args = [str(a) for a in BAD[case](tmp_path, red, blue)]
+    if not args or args[0] != "--resume":
+        # Tiny settings first, so a bad value given by the case wins (typer keeps the last of a repeated option).
+        args = [*TINY, "--steps", "2", "--run-dir", str(tmp_path / "run"), *args]
+    line = assert_one_error_line(invoke("fit", *args))
+    assert len(line) < 300
+
+
+def test_resume_error_when_the_run_is_already_finished(folders, tmp_path):
+    red, blue = folders
+    assert invoke("fit", "--src", red, "--dst", blue, "--run-dir", tmp_path / "run", "--steps", "2", *TINY).exit_code == 0
+    line = assert_one_error_line(invoke("fit", "--resume", tmp_path / "run"))
+    assert "already at step 2" in line and "--steps" in line
+
+
+def test_resume_with_more_steps_through_the_cli(folders, tmp_path):
+    red, blue = folders
+    assert invoke("fit", "--src", red, "--dst", blue, "--run-dir", tmp_path / "run", "--steps", "2", *TINY).exit_code == 0
+    result = invoke("fit", "--resume", tmp_path / "run", "--steps", "3")
+    assert result.exit_code == 0, result.output
+    assert "done: 3 steps" in result.stdout
+    assert load_state(tmp_path / "run")["step"] == 3
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_damaged_files_are_skipped_with_a_warning_naming_each(folders, tmp_path):
+    _, blue = folders
+    mixed = tmp_path / "a folder with a long name, to test that warnings do not wrap" / "mixed"
+    draw_shapes(mixed, 3, colour=(0, 160, 0), size=24)
+    good = (mixed / "000.png").read_bytes()
+    damaged = {
+        "zero bytes.png": b"",
+        "truncated[1].png": good[: len(good) // 2],
+        "corrupt.jpg": b"\xff\xd8\xff\xe0 this is not really a jpeg",
+    }
+    for name, data in damaged.items():
+        (mixed / name).write_bytes(data)
+    result = invoke("fit", "--src", mixed, "--dst", blue, "--run-dir", tmp_path / "run", "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "skipped 3 unreadable" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    for name in damaged:
+        assert any(str(mixed / name) in line for line in warnings), (name, result.stderr)
+    assert load_weights(tmp_path / "run" / "mixed2blue.safetensors").image_size == 16
+
+
+def test_images_smaller_than_the_crop_are_upscaled_with_a_warning(folders, tmp_path):
+    _, blue = folders
+    small = tmp_path / "small"
+    draw_shapes(small, 3, colour=(0, 0, 0), size=10)
+    result = invoke("fit", "--src", small, "--dst", blue, "--run-dir", tmp_path / "run", "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if "upscaled" in line]
+    assert len(warning) == 1 and "3 image(s)" in warning[0] and str(small) in warning[0]
+
+
+def test_cyclegan_layout(tmp_path):
+    root = tmp_path / "horse2zebra"
+    draw_shapes(root / "trainA", 3, colour=(150, 100, 50), size=24, seed=1)
+    draw_shapes(root / "trainB", 3, colour=(0, 0, 0), size=24, seed=2)
+    draw_shapes(root / "testA", 1, colour=(150, 100, 50), size=24, seed=3)
+    (root / "testB").mkdir()
+    result = invoke("fit", "--data", root, "--run-dir", tmp_path / "run", "--steps", "2", *TINY)
+    assert result.exit_code == 0, result.output
+    weights = load_weights(tmp_path / "run" / "horse2zebra.safetensors")  # named after the dataset, not trainA2trainB
+    assert (weights.source_domain, weights.target_domain) == ("horse2zebraA", "horse2zebraB")
+    config = from_dict(FitConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert Path(config.data.source).name == "trainA" and Path(config.data.target).name == "trainB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals: a real process, stopped the way a user or a scheduler stops it.
+
+
+def test_sigterm_and_sigint_save_state_exit_130_and_the_run_resumes(folders, tmp_path):
+    # Both signals in one test, their processes side by side: each spends most of its time importing torch.
+    red, blue = folders
+    package_root = str(Path(travel.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": "1"}
+    processes = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        run = tmp_path / signum.name
+        command = [sys.executable, "-m", "travel", "fit", "--src", str(red), "--dst", str(blue), "--run-dir", str(run),
+                   "--steps", "2000", *TINY]  # far more than it reaches, but finite should the stop fail
+        processes[signum] = (run, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        deadline = time.monotonic() + 240
+        waiting = dict(processes)
+        while waiting:  # signal each process once training has started (its first metrics line)
+            for signum, (run, process) in list(waiting.items()):
+                assert process.poll() is None, process.communicate()
+                metrics = run / "metrics.jsonl"
+                if metrics.is_file() and metrics.read_text().strip():
+                    process.send_signal(signum)
+                    del waiting[signum]
+            assert time.monotonic() < deadline, "no metrics line within 240 s"
+            time.sleep(0.05)
+        outputs = {signum: process.communicate(timeout=120) for signum, (run, process) in processes.items()}
+    finally:
+        for run, process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    for signum, (run, process) in processes.items():
+        stdout, stderr = outputs[signum]
+        assert process.returncode == 130, (signum.name, stderr)
+        assert "Traceback" not in stderr
+        assert f"Continue with: travel fit --resume {run}" in stderr
+        stopped = load_state(run)["step"]
+        assert 1 <= stopped < 2000
+        assert f"stopped at step {stopped}" in stderr
+
+        result = invoke("fit", "--resume", run, "--steps", str(stopped + 2))
+        assert result.exit_code == 0, result.output
+        assert f"done: {stopped + 2} steps" in result.stdout
+        assert load_state(run)["step"] == stopped + 2

@@ -1,0 +1,167 @@
+"""The networks: generator shapes at odd sizes and output range, spectral norm on every discriminator weight layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig
+from travel.models import Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple
+
+TINY_G = dict(base_channels=8, max_channels=16, norm_groups=4)
+TINY_D = dict(base_channels=8, max_channels=16, vec_len=8)
+
+
+def scrambled(generator: Generator, seed: int = 0) -> Generator:
+    """A generator whose output head is far from its zero start, so the output is not just the input."""
+    torch.manual_seed(seed)
+    nn.init.normal_(generator.head.weight, std=2.0)
+    nn.init.normal_(generator.head.bias, std=2.0)
+    return generator
+
+
+# ---------------------------------------------------------------------------------------------
+# Generator.
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("depth, attention", [(2, (1, 2)), (4, (3, 4))])
+@pytest.mark.parametrize("height, width", [(1, 1), (5, 7), (33, 17), (100, 3), (3, 100), (16, 16)])
+def test_generator_keeps_any_size_and_stays_in_range(height, width, depth, attention, residual):
+    torch.manual_seed(0)
+    generator = scrambled(build_generator(GeneratorConfig(depth=depth, attention_levels=attention, residual=residual, **TINY_G)))
+    source = (torch.rand(2, 3, height, width) * 2 - 1).requires_grad_(True)  # [N, C, H, W] in [-1, 1]
+    translation = generator(source)
+    assert translation.shape == (2, 3, height, width)
+    assert torch.isfinite(translation).all()
+    assert translation.min() >= -1 and translation.max() <= 1
+    translation.sum().backward()  # odd sizes must train too, not only run
+    assert torch.isfinite(source.grad).all()
+
+
+def test_generator_output_range_for_saturated_inputs():
+    generator = scrambled(build_generator(GeneratorConfig(depth=2, attention_levels=(2,), **TINY_G)))
+    source = torch.tensor([-1.0, 1.0]).repeat(1, 3, 8, 4)  # [1, 3, 8, 8]: exactly the range ends
+    translation = generator(source)
+    assert torch.isfinite(translation).all() and translation.abs().max() <= 1
+
+
+def test_untrained_residual_generator_is_the_identity():
+    generator = build_generator(GeneratorConfig(depth=2, attention_levels=(2,), residual=True, **TINY_G))
+    source = torch.rand(2, 3, 9, 13) * 1.9 - 0.95  # inside the clamp at +-0.999
+    assert torch.allclose(generator(source), source, atol=1e-5)
+
+
+def test_generator_rejects_a_wrong_shape():
+    generator = build_generator(GeneratorConfig(depth=2, attention_levels=(2,), **TINY_G))
+    with pytest.raises(ValueError, match="expected"):
+        generator(torch.zeros(3, 16, 16))
+    with pytest.raises(ValueError, match="expected"):
+        generator(torch.zeros(1, 1, 16, 16))
+
+
+def test_style_conditions_the_decoder():
+    generator = scrambled(build_generator(GeneratorConfig(depth=2, attention_levels=(2,), num_styles=3, **TINY_G)))
+    for module in generator.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight)  # they start at zero (unconditional); give the styles a difference
+    source = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        default = generator(source)
+        style0 = generator(source, torch.tensor([0, 0]))
+        style1 = generator(source, torch.tensor([1, 1]))
+    assert torch.equal(default, style0)  # no style given means style 0
+    assert not torch.allclose(style0, style1)
+
+
+def test_pad_to_multiple_reflects_and_replicates():
+    image = torch.arange(12.0).reshape(1, 1, 3, 4)  # [1, 1, 3, 4]
+    padded = pad_to_multiple(image, 4)  # to 4 x 4: one row at the bottom, reflected
+    assert padded.shape == (1, 1, 4, 4)
+    assert torch.equal(padded[..., 3, :], image[..., 1, :])
+    tiny = torch.tensor([[[[5.0]]]])  # 1 x 1 cannot reflect: replicate
+    assert torch.equal(pad_to_multiple(tiny, 4), torch.full((1, 1, 4, 4), 5.0))
+    assert pad_to_multiple(padded, 4) is padded  # already a multiple
+
+
+def test_self_attention_starts_as_the_identity():
+    attention = SelfAttention(16)
+    features = torch.randn(2, 16, 5, 3)
+    assert float(attention.gate.detach()) == 0.0
+    assert torch.equal(attention(features), features)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discriminator.
+
+
+def weight_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def assert_spectral(module: nn.Module) -> int:
+    layers = weight_layers(module)
+    for layer in layers:
+        assert parametrize.is_parametrized(layer, "weight"), layer
+        assert any(isinstance(p, _SpectralNorm) for p in layer.parametrizations.weight), layer
+    return len(layers)
+
+
+@pytest.mark.parametrize("rotation_head", [False, True])
+@pytest.mark.parametrize("depth, attention_level", [(2, 1), (3, 0), (4, 2)])
+def test_every_discriminator_weight_layer_is_spectrally_normalised(depth, attention_level, rotation_head):
+    disc = build_discriminator(DiscriminatorConfig(depth=depth, attention_level=attention_level, rotation_head=rotation_head, **TINY_D))
+    # stem + one conv per level + query/key/value of the attention block + head (+ rotation head)
+    expected = 1 + depth + (3 if attention_level else 0) + 1 + (1 if rotation_head else 0)
+    assert assert_spectral(disc) == expected
+
+
+def test_separate_siamese_network_is_spectrally_normalised_and_has_its_own_weights():
+    from travel.train import build_nets
+
+    model = ModelConfig(
+        generator=GeneratorConfig(depth=2, attention_levels=(2,), **TINY_G),
+        discriminator=DiscriminatorConfig(depth=2, attention_level=1, **TINY_D),
+        siamese="separate",
+    )
+    nets = build_nets(FitConfig(model=model), torch.device("cpu"))
+    assert isinstance(nets.siamese, Discriminator) and nets.embed is nets.siamese
+    assert assert_spectral(nets.siamese) == assert_spectral(nets.discriminator) > 0
+    d_storage = {p.data_ptr() for p in nets.discriminator.parameters()}
+    assert not d_storage & {p.data_ptr() for p in nets.siamese.parameters()}
+
+    shared = build_nets(FitConfig(model=ModelConfig(generator=model.generator, discriminator=model.discriminator)), torch.device("cpu"))
+    assert shared.siamese is None and shared.embed is shared.discriminator
+
+
+def test_spectral_norm_holds_every_largest_singular_value_near_one():
+    torch.manual_seed(0)
+    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, rotation_head=True, **TINY_D)).train()
+    with torch.no_grad():
+        for layer in weight_layers(disc):
+            layer.parametrizations.weight.original.mul_(25.0)  # far from norm 1 before normalisation
+        for _ in range(30):  # one power iteration per forward in training mode
+            disc(torch.randn(2, 3, 16, 16))
+            disc.rotation_logits(disc.features(torch.randn(2, 3, 16, 16)))
+        for layer in weight_layers(disc):
+            sigma = torch.linalg.matrix_norm(layer.weight.flatten(1), ord=2)
+            assert abs(float(sigma) - 1.0) < 0.05, (layer, float(sigma))
+
+
+@pytest.mark.parametrize("height, width", [(16, 16), (24, 40), (8, 8)])
+def test_discriminator_shapes(height, width):
+    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, rotation_head=True, **TINY_D))
+    images = torch.rand(3, 3, height, width) * 2 - 1
+    features = disc.features(images)
+    assert features.shape == (3, disc.feature_dim)
+    assert disc(images).shape == (3, 8)
+    assert disc.rotation_logits(features).shape == (3, 4)
+
+
+def test_rotation_logits_need_a_rotation_head():
+    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, **TINY_D))
+    with pytest.raises(RuntimeError, match="rotation head"):
+        disc.rotation_logits(torch.zeros(1, disc.feature_dim))
