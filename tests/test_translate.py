@@ -202,6 +202,7 @@ def test_weights_ship_in_the_wheel_and_are_found_from_another_folder(tmp_path):
         shutil.copy(REPO / name, project / name)
     shutil.copytree(REPO / "travel", project / "travel", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "weights", project / "weights", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
+    shutil.copytree(REPO / "apps", project / "apps", ignore=shutil.ignore_patterns("__pycache__"))  # travel.apps
     save(random_generator(), project / "weights" / "packaged.safetensors")
     wheels = tmp_path / "wheels"
     build = subprocess.run(
@@ -214,6 +215,7 @@ def test_weights_ship_in_the_wheel_and_are_found_from_another_folder(tmp_path):
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
     assert "travel/weights/packaged.safetensors" in names and "travel/weights/__init__.py" in names
+    assert "travel/apps/demo.py" in names and any(n.startswith("travel/apps/examples/") and n.endswith(".png") for n in names)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
