@@ -86,14 +86,14 @@ def fit(
     sample_every: int = typer.Option(500, "--sample-every", help="Steps between sample grids."),
     save_every: int = typer.Option(1000, "--save-every", help="Steps between saves of the resume state and weights."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder (use --steps to extend it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a run folder that already holds a run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and exit."),
 ) -> None:
     """Train a translator from --src images to --dst images."""
     from dataclasses import replace
 
     from travel.config import (
-        ClusterConfig, DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, LossConfig, ModelConfig,
-        TrainConfig, attention_levels_for, discriminator_attention_level_for, to_json,
+        ClusterConfig, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for, to_json,
     )
     from travel.data import resolve_domains
 
@@ -111,16 +111,12 @@ def fit(
         source, target = resolve_domains(str(src) if src else None, str(dst) if dst else None, str(data) if data else None)
         # --data horse2zebra names the run horse2zebra: "trainA2trainB" would put every CycleGAN dataset in one folder.
         name = name or (data.resolve().name if data and not (src or dst) else f"{source.resolve().name}2{target.resolve().name}")
-        generator = GeneratorConfig(
-            base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters
-        )
-        discriminator = DiscriminatorConfig(
-            base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
-            vec_len=vec_len, rotation_head=rotation,
+        model = model_config_for(
+            size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese
         )
         config = FitConfig(
             name=name,
-            model=ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese),  # type: ignore[arg-type]
+            model=model,
             loss=LossConfig(
                 travel=travel_weight, r1_gamma=r1, rotation_d=rotation_d if rotation else 0.0, rotation_g=rotation_g,
                 rotation_g_decay=rotation_decay,
@@ -142,7 +138,7 @@ def fit(
     if dry_run:
         typer.echo(to_json(config))
         return
-    _run_fit(config, run_dir, resume=resume is not None)
+    _run_fit(config, run_dir, resume=resume is not None, overwrite=overwrite)
 
 
 def _explicit(ctx: typer.Context, name: str) -> bool:
@@ -151,7 +147,7 @@ def _explicit(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _run_fit(config: Any, run_dir: Path, *, resume: bool) -> None:
+def _run_fit(config: Any, run_dir: Path, *, resume: bool, overwrite: bool = False) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -179,7 +175,7 @@ def _run_fit(config: Any, run_dir: Path, *, resume: bool) -> None:
             console.print(message, markup=False, highlight=False, soft_wrap=True)
 
         try:
-            result = fit_run(config, run_dir, resume=resume, progress_fn=progress, message_fn=say)
+            result = fit_run(config, run_dir, resume=resume, overwrite=overwrite, progress_fn=progress, message_fn=say)
         except BaseException:
             console.quiet = True  # the error is then the one line the user sees: no bar drawn again above it
             raise
@@ -634,7 +630,7 @@ def bench_modes(
 
     from travel.checkpoint import atomic_write_text
     from travel.errors import ConfigError
-    from travel.modes import DATASETS, VARIANTS, default_config, format_table, run_benchmark, summarize
+    from travel.modes import DATASETS, VARIANTS, benchmark_configs, format_table, run_benchmark, summarize
 
     names = list(DATASETS) if dataset == "all" else [dataset]
     rows_wanted = [v.strip() for v in variants.split(",") if v.strip()]
@@ -644,34 +640,36 @@ def bench_modes(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"radius": radius}
     if steps is not None:
         overrides["steps"] = steps
     if clusters is not None:
         overrides["clusters"] = clusters
-    configs = [default_config(name, radius=radius, **overrides) for name in names]  # all checked before any training
+    # Every row of every dataset is checked before anything trains.
+    plans = {name: benchmark_configs(name, rows_wanted, **overrides) for name in names}
     torch.set_num_threads(threads)
     seed_list = list(range(first_seed, first_seed + seeds))
 
     report: dict[str, Any] = {"seeds": seed_list, "datasets": {}}
     console = Console(stderr=True)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    for config in configs:
-        mixture = config.mixture
+    for name, configs in plans.items():
+        first = next(iter(configs.values()))
+        mixture = first.mixture
         with Progress(*columns, console=console, transient=True) as bar:
-            tasks = {v: bar.add_task(f"{config.dataset} {v}", total=config.steps) for v in rows_wanted}
+            tasks = {v: bar.add_task(f"{name} {v}", total=c.steps) for v, c in configs.items()}
 
             def progress(variant: str, step: int, total: int) -> None:
                 if step % 50 == 0 or step == total:
                     bar.update(tasks[variant], completed=step)
 
-            results = run_benchmark(config, seeds=seed_list, variants=rows_wanted, progress_fn=progress)
+            results = run_benchmark(configs, seeds=seed_list, progress_fn=progress)
         rows = summarize(results, num_modes=mixture.num_modes)
-        where = f", r = {config.radius:g}" if config.dataset == "ring" else ""
-        typer.echo(f"\n{config.dataset}: {mixture.num_modes} modes{where}, {len(seed_list)} seed(s), {config.steps} steps\n")
+        where = f", r = {first.radius:g}" if name == "ring" else ""
+        typer.echo(f"\n{name}: {mixture.num_modes} modes{where}, {len(seed_list)} seed(s), {first.steps} steps\n")
         typer.echo(format_table(rows, num_modes=mixture.num_modes))
-        report["datasets"][config.dataset] = {
-            "config": asdict(config),
+        report["datasets"][name] = {
+            "configs": {v: asdict(c) for v, c in configs.items()},
             "summary": [asdict(row) for row in rows],
             "runs": [asdict(result) for result in results],
         }
@@ -713,12 +711,19 @@ def demo(
 
 
 def _demo_module() -> Any:
-    """apps/demo.py, the web app, which lives beside the package in a source checkout (it is not package code)."""
+    """apps/demo.py, the web app: installed as travel.apps.demo, or loaded from an uninstalled source checkout."""
     import importlib.util
     import sys
 
     from travel.errors import ConfigError
 
+    try:
+        import travel.apps.demo as installed
+
+        return installed
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("travel.apps", "travel.apps.demo"):
+            raise
     name = "travel_demo_app"
     if name in sys.modules:
         return sys.modules[name]

@@ -22,10 +22,13 @@ from torchvision.utils import make_grid
 
 from travel import __version__
 from travel.augment import DiffAugment
-from travel.checkpoint import atomic_write_bytes, atomic_write_text, load_run_config, load_state, save_state, save_weights
+from travel.checkpoint import (
+    STATE_FILE, atomic_write_bytes, atomic_write_text, load_run_config, load_state, save_state, save_weights,
+)
 from travel.clustering import KMeansResult, assign, cluster_frequencies, recluster
 from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_json
 from travel.data import ImageFolder, UnpairedBatches, resolve_domains, tensor_to_image
+from travel.distributed import World, any_rank, average, broadcast, join, leave, reseed, wrap
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.losses import anchor_d_loss, anchor_g_loss, anchor_distance, margin_loss, r1_penalty, rotation_loss, travel_loss
 from travel.models import Discriminator, Generator, build_discriminator, build_generator
@@ -33,6 +36,9 @@ from travel.runtime import precision_context, resolve_device
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total steps, latest logged metrics)
 AbortFn = Callable[[], bool]  # return True to stop (state is saved first)
+# torch.compile's backend for --compile. Tests use "aot_eager": the same graph capture and autograd tracing,
+# without inductor's code generation, which takes minutes on a small CPU.
+COMPILE_BACKEND = "inductor"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class Nets:
     discriminator: Discriminator
     siamese: Discriminator | None  # the separate S network, or None when S is D itself
     ema: Generator
+    # With several processes: each network the steps update, wrapped in DistributedDataParallel (which
+    # averages its gradients over ranks). A step calls the wrapper for the forwards whose gradient updates
+    # that network, and the plain module for everything else. None: one process.
+    ddp_generator: nn.Module | None = None
+    ddp_discriminator: nn.Module | None = None
+    ddp_siamese: nn.Module | None = None
 
     @property
     def embed(self) -> Discriminator:
@@ -76,7 +88,10 @@ class Styles:
         matches, so mixed batches train the generator to ignore the style (measured: every style gave the
         same colour on a three-sub-style task; with one style per batch they separate).
         """
-        style = torch.multinomial(self.frequencies, 1)
+        # torch.multinomial(frequencies, 1), draw for draw, without its validity check: that check reads a value
+        # back from the GPU, a host-device sync twice a step.
+        noise = torch.empty_like(self.frequencies).exponential_(1)
+        style = torch.argmax(self.frequencies / noise, dim=-1, keepdim=True)  # [1]
         return style.expand(count).to(self.anchors.device)
 
 
@@ -91,7 +106,8 @@ def discriminator_step(
 ) -> dict[str, torch.Tensor]:
     """One D update. With self-conditioning, `target_style` [B] holds the real targets' cluster ids."""
     loss_cfg = cfg.loss
-    disc = nets.discriminator
+    disc = nets.discriminator  # the plain module: trunk features and rotation head (gradients still reduced)
+    judge = nets.ddp_discriminator if nets.ddp_discriminator is not None else disc  # D's forward, through DDP
     real_anchor = fake_anchor = anchor
     fake_style = None
     if styles is not None:
@@ -103,12 +119,12 @@ def discriminator_step(
         real_in, fake_in = augment(target), augment(translation)
         if loss_cfg.r1_gamma > 0:
             real_in = real_in.detach().requires_grad_(True)
-        real_emb, fake_emb = disc(real_in).float(), disc(fake_in).float()
+        real_emb, fake_emb = judge(real_in).float(), judge(fake_in).float()
         terms = anchor_d_loss(real_emb, fake_emb, real_anchor, margin=loss_cfg.anchor_margin, fake_anchor=fake_anchor)
         total = loss_cfg.adv * (terms["d_real"] + terms["d_fake"])
         if cfg.model.siamese == "shared":
             # Cooperative terms: D is also the Siamese embedding S, trained to make vectors comparable.
-            src_emb, trans_emb = disc(source).float(), disc(translation).float()
+            src_emb, trans_emb = judge(source).float(), judge(translation).float()
             travel = travel_loss(src_emb, trans_emb, dist_weight=loss_cfg.dist)
             terms.update(travel)
             terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
@@ -132,11 +148,16 @@ def generator_step(
 ) -> dict[str, torch.Tensor]:
     """One G (and separate S) update. With self-conditioning, translations are asked for drawn clusters."""
     loss_cfg = cfg.loss
+    # D is frozen here and called as the plain module, never through DDP: no D gradient is wanted, so there is
+    # nothing to all-reduce (through the wrapper, DDP would wait for D gradients that never come).
     disc, embed = nets.discriminator, nets.embed
+    if nets.ddp_siamese is not None:
+        embed = nets.ddp_siamese
+    generator = nets.ddp_generator if nets.ddp_generator is not None else nets.generator
     style = styles.draw(source.shape[0]) if styles is not None else None
     fake_anchor = styles.anchors[style] if styles is not None else anchor
     with autocast():
-        translation = nets.generator(source, style)
+        translation = generator(source, style)
         terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), fake_anchor)}
         if nets.siamese is None:
             with torch.no_grad():
@@ -162,8 +183,8 @@ def generator_step(
 def ema_step(ema: nn.Module, generator: nn.Module, *, beta: float, step: int) -> None:
     # Warm-up: early on the average follows G closely, so short runs release a useful model.
     beta = min(beta, (1 + step) / (10 + step))
-    for p_ema, p in zip(ema.parameters(), generator.parameters()):
-        p_ema.lerp_(p, 1 - beta)
+    # One fused update for all tensors instead of one kernel launch per parameter (same numbers as lerp_).
+    torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1 - beta)
     for b_ema, b in zip(ema.buffers(), generator.buffers()):
         b_ema.copy_(b)
 
@@ -232,7 +253,8 @@ def make_styles(config: FitConfig, num_targets: int, device: torch.device) -> St
 def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate image i by (i mod 4) * 90 degrees, a balanced set of labels. images: [N, C, S, S]."""
     labels = torch.arange(images.shape[0], device=images.device) % 4
-    rotated = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(images, labels.tolist())])
+    # The turns come from the index, not from `labels`: reading a GPU tensor back would sync host and device.
+    rotated = torch.stack([torch.rot90(img, i % 4, dims=(1, 2)) for i, img in enumerate(images)])
     return rotated, labels
 
 
@@ -264,6 +286,7 @@ def fit(
     run_dir: str | Path | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress_fn: ProgressFn | None = None,
     abort_fn: AbortFn | None = None,
     message_fn: Callable[[str], None] | None = None,
@@ -272,12 +295,21 @@ def fit(
 
     With resume=True, run_dir must hold the state of an earlier run with the same architecture; training
     continues from its step up to config.train.steps, exactly as if it had never stopped.
+    A run_dir that already holds a run is refused unless resume=True, or overwrite=True (which starts afresh).
     Hooks: progress_fn after every step, abort_fn to stop early (state is saved), message_fn for warnings.
+
+    Under torchrun (RANK, WORLD_SIZE, ... in the environment) every process runs fit: DDP averages the
+    gradients, each rank draws its own batches, and rank 0 alone writes files and calls progress_fn and
+    message_fn. A wish to stop (a signal, abort_fn) on any rank stops every rank at the next log or save step.
     """
-    say = message_fn or (lambda message: None)
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.name
     tc, dc = config.train, config.data
-    device = resolve_device(tc.device)
+    world, device = join(resolve_device(tc.device))
+    if world.is_main:  # it may delete files; if it refuses, torchrun ends the other ranks too
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    say = message_fn if message_fn is not None and world.is_main else (lambda message: None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest convolutions once
     autocast, scaler = precision_context(tc.precision, device)
 
     source_dir, target_dir = resolve_domains(dc.source, dc.target, None)
@@ -294,9 +326,12 @@ def fit(
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     nets = build_nets(config, device)
+    memory_format = accelerate(nets, config, device, say)
     params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
-    opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
-    opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    # Fused Adam on GPUs: one kernel per step, and it applies the fp16 GradScaler's skip without a host sync.
+    fused = True if device.type == "cuda" else None
+    opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2), fused=fused)
+    opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), fused=fused)
     augment = DiffAugment() if dc.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
     styles = make_styles(config, len(target), device)
@@ -312,13 +347,19 @@ def fit(
         start, elapsed_before = int(state["step"]), float(state.get("elapsed", 0.0))
         if start >= tc.steps:
             raise ConfigError(f"{run_dir} is already at step {start}; ask for more --steps to continue")
-        truncate_metrics(run_dir / "metrics.jsonl", start)  # lines logged after the saved step are replayed
-    else:
+        if world.is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", start)  # lines logged after the saved step are replayed
+    elif world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", to_json(config) + "\n")
+    if world.is_main:
+        atomic_write_text(run_dir / "config.json", to_json(config) + "\n")
+    distribute(nets, config, world, device)
 
     fixed = torch.stack([source.center(i % len(source)) for i in range(tc.sample_count)]).to(device)
-    batches = UnpairedBatches(source, target, batch_size=tc.batch_size, seed=tc.seed, start=start, stop=tc.steps)
+    # Each rank draws its own batches from (seed, step, rank): see UnpairedBatches, and README "Many GPUs".
+    batches = UnpairedBatches(
+        source, target, batch_size=tc.batch_size, seed=tc.seed, start=start, stop=tc.steps, rank=world.rank
+    )
     loader = torch.utils.data.DataLoader(
         batches, batch_size=None, shuffle=False, num_workers=dc.workers, pin_memory=device.type == "cuda",
         generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
@@ -332,7 +373,7 @@ def fit(
     step = start
     t0 = time.perf_counter()
     t_log, step_log = t0, start
-    interrupted = False
+    interrupted = wants_stop = False
 
     def save(step: int) -> None:
         elapsed = elapsed_before + time.perf_counter() - t0
@@ -341,11 +382,13 @@ def fit(
             state["styles"] = styles_state(styles)
         save_state(run_dir, state)
         summary = {
-            "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size,
+            "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size * world.size,
             "train_seconds": round(elapsed, 1), "device": str(device), "siamese": config.model.siamese,
             "source_images": len(source), "target_images": len(target),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "metrics": logged,
         }
+        if world.size > 1:
+            summary["processes"] = world.size  # batch_size is per process
         if styles is not None:
             summary["style_frequencies"] = [round(float(f), 6) for f in styles.frequencies]
         save_weights(
@@ -355,13 +398,19 @@ def fit(
 
     with stop_on_signals() as signalled:
         for source_batch, target_batch, target_index in loader:
-            source_batch = source_batch.to(device, non_blocking=True)
-            target_batch = target_batch.to(device, non_blocking=True)
+            if world.rank > 0:
+                # Rank 0 continues the saved RNG stream; the others draw augmentations and styles from
+                # (seed, step, rank), so they too resume exactly, whatever the world size was before.
+                reseed(tc.seed, step, world.rank)
+            source_batch = source_batch.to(device, non_blocking=True, memory_format=memory_format)
+            target_batch = target_batch.to(device, non_blocking=True, memory_format=memory_format)
             target_style = None
             if styles is not None:
                 if step % config.clusters.recluster_every == 0:
-                    styles = update_styles(styles, nets.discriminator, target, device, seed=tc.seed + step)
-                target_style = styles.labels[target_index.to(device)]
+                    if world.is_main:
+                        styles = update_styles(styles, nets.discriminator, target, device, seed=tc.seed + step)
+                    styles = share_styles(styles, world, device)
+                target_style = styles.labels[target_index.to(device, non_blocking=True)]
 
             for _ in range(tc.d_steps):
                 d_terms = discriminator_step(
@@ -382,36 +431,53 @@ def fit(
             count += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
+                running = average(running, world)  # the mean over ranks: one all-reduce, at log steps only
                 logged = {k: float(v) / count for k, v in running.items()}
-                logged["images_per_s"] = (step - step_log) * tc.batch_size / max(now - t_log, 1e-9)
-                append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
+                logged["images_per_s"] = (step - step_log) * tc.batch_size * world.size / max(now - t_log, 1e-9)
+                if world.is_main:
+                    append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
                 running, count, t_log, step_log = {}, 0, now, step
-                if not all(math.isfinite(v) for v in logged.values()):
-                    save_samples(run_dir, nets.ema, fixed, step, styles=styles)
+                if not all(math.isfinite(v) for v in logged.values()):  # the same averages, so every rank stops
+                    if world.is_main:
+                        save_samples(run_dir, nets.ema, fixed, step, styles=styles)
                     raise TravelError(f"training diverged at step {step} (non-finite loss); lower the learning rates")
-            if step % tc.sample_every == 0 or step == tc.steps:
+            if world.is_main and (step % tc.sample_every == 0 or step == tc.steps):
                 save_samples(run_dir, nets.ema, fixed, step, styles=styles)
-            if step % tc.save_every == 0 or step == tc.steps:
+            if world.is_main and (step % tc.save_every == 0 or step == tc.steps):
                 save(step)
-            if progress_fn is not None:
+            if progress_fn is not None and world.is_main:
                 progress_fn(step, tc.steps, logged)
-            if signalled.is_set() or (abort_fn is not None and abort_fn()):
+            wants_stop = wants_stop or signalled.is_set() or (abort_fn is not None and abort_fn())
+            if world.size > 1:
+                # Every rank must leave at the same step. Agreeing costs a host-device sync, so the ranks share
+                # their wish to stop at log and save steps only.
+                stopping = (step % tc.log_every == 0 or step % tc.save_every == 0) and any_rank(wants_stop, world, device)
+            else:
+                stopping = wants_stop
+            if stopping:
                 interrupted = step < tc.steps
-                if step % tc.save_every and step != tc.steps:
+                if world.is_main and step % tc.save_every and step != tc.steps:
                     save(step)
                 break
+    leave(world)
     return FitResult(
         run_dir=run_dir, weights=weights_path, step=step, interrupted=interrupted, metrics=logged,
         skipped_images=source.report.skipped + target.report.skipped,
     )
 
 
-def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None) -> FitConfig:
-    """The config of an earlier run, optionally with more steps or another number of loader workers."""
+def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None,
+                  compile: bool | None = None, channels_last: bool | None = None) -> FitConfig:
+    """The config of an earlier run, optionally with more steps, another number of loader workers, or other
+    speed settings (--compile, --channels-last: they change how the step runs, not what it computes)."""
     config = load_run_config(run_dir)
     train, data = config.train, config.data
     if steps is not None:
         train = replace(train, steps=steps)
+    if compile is not None:
+        train = replace(train, compile=compile)
+    if channels_last is not None:
+        train = replace(train, channels_last=channels_last)
     if workers is not None:
         data = replace(data, workers=workers)
     return replace(config, train=train, data=data)
@@ -427,6 +493,71 @@ def build_nets(config: FitConfig, device: torch.device) -> Nets:
     siamese = build_discriminator(config.model.discriminator).to(device) if config.model.siamese == "separate" else None
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
     return Nets(generator, discriminator, siamese, ema)
+
+
+def accelerate(nets: Nets, config: FitConfig, device: torch.device, say: Callable[[str], None]) -> torch.memory_format:
+    """Apply --channels-last and --compile to the trained networks; returns the memory format for the inputs.
+
+    The EMA copy is left as it is: it is only sampled and saved. Compiling is in place (Module.compile), so
+    state dicts keep their keys and DDP wraps the compiled module.
+    """
+    tc = config.train
+    trained = [net for net in (nets.generator, nets.discriminator, nets.siamese) if net is not None]
+    memory_format = torch.preserve_format
+    if tc.channels_last:
+        if device.type == "cuda":
+            for net in trained:
+                net.to(memory_format=torch.channels_last)  # NHWC: the layout tensor-core convolutions run in
+            memory_format = torch.channels_last
+        else:
+            say("warning: --channels-last only applies on CUDA GPUs; ignored")
+    if tc.compile:
+        problem = compile_problem(device)
+        if problem is not None:
+            say(f"warning: --compile skipped, torch.compile does not work here: {problem}")
+        else:
+            for net in trained:
+                net.compile(backend=COMPILE_BACKEND)
+    return memory_format
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device` (no C++ compiler for the CPU backend, no Triton...), or None.
+
+    Compiling is lazy, so a platform that cannot compile fails at the first call; a tiny trial finds out first.
+    """
+    try:
+        trial = torch.compile(lambda x: torch.tanh(x) * 2.0)
+        trial(torch.ones(4, device=device, requires_grad=True)).sum().backward()
+    except Exception as exc:  # the compiler stack raises many kinds (InductorError, BackendCompilerFailed, OSError...)
+        text = str(exc).strip()
+        return text.splitlines()[0][:200] if text else type(exc).__name__
+    return None
+
+
+def distribute(nets: Nets, config: FitConfig, world: World, device: torch.device) -> None:
+    """Wrap the trained networks in DDP when several processes train; nothing for one process.
+
+    find_unused_parameters only where a network holds parameters that no loss trains (a rotation head with no
+    rotation loss, S's rotation head). It must stay off otherwise: it marks as unused whatever the last forward
+    before backward did not reach, and D's rotation head is reached through D.features, not the wrapper.
+    """
+    rotation_head = config.model.discriminator.rotation_head
+    nets.ddp_generator = wrap(nets.generator, world, device)
+    nets.ddp_discriminator = wrap(
+        nets.discriminator, world, device, find_unused=rotation_head and config.loss.rotation_d == 0
+    )
+    if nets.siamese is not None:
+        nets.ddp_siamese = wrap(nets.siamese, world, device, find_unused=rotation_head)
+
+
+def share_styles(styles: Styles, world: World, device: torch.device) -> Styles:
+    """Rank 0's cluster labels and frequencies on every rank. Only rank 0 clusters: the ranks must agree on every
+    label, and features computed on different GPUs need not agree to the last bit."""
+    if world.size == 1:
+        return styles
+    labels, frequencies = broadcast([styles.labels, styles.frequencies], world, device)
+    return replace(styles, labels=labels, frequencies=frequencies)
 
 
 def snapshot(nets: Nets, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, config: FitConfig, step: int,
@@ -459,7 +590,9 @@ def restore(state: dict[str, Any], nets: Nets, opt_g: torch.optim.Optimizer, opt
     torch.set_rng_state(state["rng_cpu"])
     random.setstate((3, tuple(int(x) for x in state["rng_python"]), None))
     if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+        # Per visible GPU; a machine with fewer GPUs than the one that saved keeps the states it has room for.
+        for index, rng in enumerate(state["rng_cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, index)
 
 
 @contextmanager
@@ -507,6 +640,24 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
         handle.flush()
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Never train over an earlier run by accident; clear what a killed save left behind."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run folder")
+    if not run_dir.is_dir():
+        return
+    for stale in run_dir.glob(".*.tmp"):  # a temporary file of an atomic write that a hard kill interrupted
+        stale.unlink(missing_ok=True)
+    earlier = [name for name in (STATE_FILE, "metrics.jsonl") if (run_dir / name).exists()]
+    if resume or not earlier:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir}, pick another --name, or --overwrite to start over"
+        )
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run's metrics must not follow the old run's
 
 
 def truncate_metrics(path: Path, step: int) -> None:
