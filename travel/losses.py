@@ -12,14 +12,21 @@ def anchor_distance(embedding: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
 
 
 def anchor_d_loss(
-    real: torch.Tensor, fake: torch.Tensor, anchor: torch.Tensor, *, margin: float
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    anchor: torch.Tensor,
+    *,
+    margin: float,
+    fake_anchor: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Discriminator realism loss: real targets pulled to the anchor, translations pushed past the margin.
 
     real, fake: [N, L] embeddings; anchor: [L] or per-sample [N, L].
+    fake_anchor: the anchors the fakes are pushed off, when they differ from the reals' (self-conditioning: one
+    anchor per cluster, reals at their cluster's anchor, fakes at the anchor of the cluster they were asked for).
     """
     real_term = anchor_distance(real, anchor).mean()
-    fake_term = F.relu(margin - anchor_distance(fake, anchor)).mean()
+    fake_term = F.relu(margin - anchor_distance(fake, anchor if fake_anchor is None else fake_anchor)).mean()
     return {"d_real": real_term, "d_fake": fake_term}
 
 
