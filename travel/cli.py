@@ -607,7 +607,75 @@ def _run_build(kind: str, builder: Callable[..., Any], out: Path, **options: Any
 
 # [eval-commands]
 
-# [bench-modes-command]  (travel bench modes: the 2D mode benchmark, travel/modes.py, lands with issue 5)
+@bench_app.command("modes")
+@user_errors
+def bench_modes(
+    dataset: str = typer.Option("all", "--dataset", help="ring, grid or all (both, one after the other)."),
+    seeds: int = typer.Option(10, "--seeds", help="Seeds per row (0..N-1), trained together as one batched ensemble."),
+    first_seed: int = typer.Option(0, "--first-seed", help="Start the seeds here instead of 0."),
+    variants: str = typer.Option("scalar,siamese,selfcond", "--variants", help="Comma-separated rows to train."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Generator updates (default: the benchmark's 3000)."),
+    radius: float = typer.Option(1.0, "--radius", help="Ring radius: the paper's stated 1 (its code used 2)."),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="Self-conditioning k (default: 16 ring, 50 grid)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for PyTorch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every seed's numbers and the settings here."),
+) -> None:
+    """2D mode coverage: scalar vs Siamese vs Siamese + self-conditioning MLP GANs on Gaussian mixtures."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from travel.checkpoint import atomic_write_text
+    from travel.errors import ConfigError
+    from travel.modes import DATASETS, VARIANTS, benchmark_configs, format_table, run_benchmark, summarize
+
+    names = list(DATASETS) if dataset == "all" else [dataset]
+    rows_wanted = [v.strip() for v in variants.split(",") if v.strip()]
+    if any(v not in VARIANTS for v in rows_wanted) or not rows_wanted:
+        raise ConfigError(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}, got {variants!r}")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    overrides: dict[str, Any] = {"radius": radius}
+    if steps is not None:
+        overrides["steps"] = steps
+    if clusters is not None:
+        overrides["clusters"] = clusters
+    # Every row of every dataset is checked before anything trains.
+    plans = {name: benchmark_configs(name, rows_wanted, **overrides) for name in names}
+    torch.set_num_threads(threads)
+    seed_list = list(range(first_seed, first_seed + seeds))
+
+    report: dict[str, Any] = {"seeds": seed_list, "datasets": {}}
+    console = Console(stderr=True)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    for name, configs in plans.items():
+        first = next(iter(configs.values()))
+        mixture = first.mixture
+        with Progress(*columns, console=console, transient=True) as bar:
+            tasks = {v: bar.add_task(f"{name} {v}", total=c.steps) for v, c in configs.items()}
+
+            def progress(variant: str, step: int, total: int) -> None:
+                if step % 50 == 0 or step == total:
+                    bar.update(tasks[variant], completed=step)
+
+            results = run_benchmark(configs, seeds=seed_list, progress_fn=progress)
+        rows = summarize(results, num_modes=mixture.num_modes)
+        where = f", r = {first.radius:g}" if name == "ring" else ""
+        typer.echo(f"\n{name}: {mixture.num_modes} modes{where}, {len(seed_list)} seed(s), {first.steps} steps\n")
+        typer.echo(format_table(rows, num_modes=mixture.num_modes))
+        report["datasets"][name] = {
+            "configs": {v: asdict(c) for v, c in configs.items()},
+            "summary": [asdict(row) for row in rows],
+            "runs": [asdict(result) for result in results],
+        }
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
+        typer.echo(f"\nwrote {json_out}")
 
 
 # ---------------------------------------------------------------------------------------------
