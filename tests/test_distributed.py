@@ -176,8 +176,13 @@ def test_two_ranks_average_gradients_as_one_process_does(tmp_path):
         assert any(k.startswith("siamese") and g.abs().sum() > 0 for k, g in mean.items())
     # ... which really differs from one process with the whole batch, whose pairs cross the halves.
     whole = run_steps(config, World(), source, target, lr=lr)
-    s_key = next(k for k in mean if k.startswith("siamese") and mean[k].abs().sum() > 0)
-    assert not torch.allclose(whole["grads"][-1][s_key], mean[s_key], rtol=1e-3, atol=1e-6)
+    # Compare all of the Siamese network's gradient at once: single tensors (biases after a norm)
+    # can have gradients at rounding level, and a set's order changes from run to run.
+    s_keys = sorted(k for k in mean if k.startswith("siamese"))
+    flat_whole = torch.cat([whole["grads"][-1][k].flatten() for k in s_keys])
+    flat_mean = torch.cat([mean[k].flatten() for k in s_keys])
+    assert flat_mean.norm() > 0
+    assert (flat_whole - flat_mean).norm() > 1e-2 * flat_mean.norm()
 
 
 # ---------------------------------------------------------------------------------------------
