@@ -18,11 +18,12 @@ from safetensors.torch import save as safetensors_save
 
 from travel import __version__
 from travel.config import SCHEMA_VERSION, FitConfig, GeneratorConfig, from_dict, to_dict
-from travel.errors import CheckpointError, ConfigError
+from travel.errors import CheckpointError, ConfigError, TravelError, WriteError
 from travel.models import Generator, build_generator
 
 WEIGHTS_FORMAT = "travel-generator"
 STATE_FILE = "state.pt"
+LOCK_FILE = ".lock"
 MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is not ours
 
 
@@ -34,19 +35,30 @@ MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is 
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path` atomically, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
+            os.fsync(handle.fileno())  # a full disk often shows only here (delayed allocation)
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, TravelError):
+            raise write_error(path, exc) from None
         raise
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """One line saying what could not be written, why, and that the earlier version survived."""
+    kept = "the previous version is intact" if path.exists() else "nothing was written"
+    return WriteError(f"cannot write {path}: {exc.strerror or exc}; {kept}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -69,6 +81,50 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder's lock: one training process per run folder.
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold `run_dir` for this process; a second holder is refused with a TravelError naming the first one's pid.
+
+    An OS lock (flock) on run_dir/.lock, so it is released however the process ends, SIGKILL included:
+    a crashed run never leaves a stale lock behind. Where the OS or filesystem has no flock, runs are unlocked.
+    """
+    run_dir = Path(run_dir)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise write_error(run_dir / LOCK_FILE, exc) from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()[:20]
+            raise TravelError(
+                f"{run_dir} is in use by another travel fit{f' (pid {owner})' if owner else ''}; "
+                "wait for it to finish, stop it, or pick another --name"
+            ) from None
+        except OSError:
+            yield  # a filesystem without locks (some network mounts): run unlocked
+            return
+        try:
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")  # only for the message a second process shows
+            handle.flush()
+        except OSError:
+            pass  # a full disk: the lock holds all the same
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +177,9 @@ def save_weights(
     state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a release file must never hold NaN or Inf (nor values fp16 cannot hold): keep the previous one
+        raise CheckpointError(f"{path}: refusing to write non-finite weights ({broken[0]} and {len(broken) - 1} more)")
     metadata = {
         "format": WEIGHTS_FORMAT,
         "travel_version": __version__,

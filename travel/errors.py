@@ -15,3 +15,7 @@ class DataError(TravelError):
 
 class CheckpointError(TravelError):
     """A checkpoint that is missing, damaged, or not a travel checkpoint."""
+
+
+class WriteError(TravelError, OSError):
+    """A file that could not be written (disk full, read-only folder); the previous version is left intact."""

@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +23,8 @@ from torchvision.utils import make_grid
 from travel import __version__
 from travel.augment import DiffAugment
 from travel.checkpoint import (
-    STATE_FILE, atomic_write_bytes, atomic_write_text, load_run_config, load_state, save_state, save_weights,
+    STATE_FILE, atomic_write_bytes, atomic_write_text, load_run_config, load_state, run_lock, save_state, save_weights,
+    write_error,
 )
 from travel.clustering import KMeansResult, assign, cluster_frequencies, recluster
 from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_json
@@ -39,6 +40,8 @@ AbortFn = Callable[[], bool]  # return True to stop (state is saved first)
 # torch.compile's backend for --compile. Tests use "aot_eager": the same graph capture and autograd tracing,
 # without inductor's code generation, which takes minutes on a small CPU.
 COMPILE_BACKEND = "inductor"
+BAD_STEPS_BEFORE_ROLLBACK = 5  # skipped (non-finite) steps in a row before going back to the last saved state
+MAX_ROLLBACKS = 3  # rollbacks, each halving both learning rates, before giving up with an error
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ def discriminator_step(
     anchor: torch.Tensor, augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None,
     target_style: torch.Tensor | None = None, styles: Styles | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One D update. With self-conditioning, `target_style` [B] holds the real targets' cluster ids."""
+    """One D update. With self-conditioning, `target_style` [B] holds the real targets' cluster ids.
+
+    terms["skipped"] is 1 when a gradient was not finite and the update was skipped.
+    """
     loss_cfg = cfg.loss
     disc = nets.discriminator  # the plain module: trunk features and rotation head (gradients still reduced)
     judge = nets.ddp_discriminator if nets.ddp_discriminator is not None else disc  # D's forward, through DDP
@@ -137,7 +143,7 @@ def discriminator_step(
         terms["r1"] = r1_penalty(anchor_distance(real_emb, real_anchor), real_in)
         total = total + 0.5 * loss_cfg.r1_gamma * terms["r1"]
     terms["d_total"] = total
-    _backward_step(total, opt_d, scaler)
+    terms["skipped"] = torch.tensor(float(not _backward_step(total, opt_d, scaler)))
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -146,7 +152,10 @@ def generator_step(
     augment: nn.Module, autocast: Any, scaler: torch.amp.GradScaler | None, rotation_weight: float,
     styles: Styles | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One G (and separate S) update. With self-conditioning, translations are asked for drawn clusters."""
+    """One G (and separate S) update. With self-conditioning, translations are asked for drawn clusters.
+
+    terms["skipped"] is 1 when a gradient was not finite and the update was skipped.
+    """
     loss_cfg = cfg.loss
     # D is frozen here and called as the plain module, never through DDP: no D gradient is wanted, so there is
     # nothing to all-reduce (through the wrapper, DDP would wait for D gradients that never come).
@@ -175,7 +184,7 @@ def generator_step(
             terms["rot_g"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
             total = total + rotation_weight * terms["rot_g"]
     terms["g_total"] = total
-    _backward_step(total, opt_g, scaler)
+    terms["skipped"] = torch.tensor(float(not _backward_step(total, opt_g, scaler)))
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -266,15 +275,25 @@ def rotation_weight_at(cfg: FitConfig, step: int) -> float:
     return alpha
 
 
-def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
+    """Backward and update; False, with the weights and optimizer state untouched, if a gradient is not finite.
+
+    The gradients are the ones DDP averaged, so every rank takes the same decision. Reading the flag costs one
+    host-device sync per update on a GPU; fp16's GradScaler makes the same check (and skip) itself.
+    """
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-    else:
-        loss.backward()
-        opt.step()
+        return True
+    loss.backward()
+    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,16 +314,34 @@ def fit(
 
     With resume=True, run_dir must hold the state of an earlier run with the same architecture; training
     continues from its step up to config.train.steps, exactly as if it had never stopped.
-    A run_dir that already holds a run is refused unless resume=True, or overwrite=True (which starts afresh).
+    A run_dir that already holds a run is refused unless resume=True, or overwrite=True (which starts afresh);
+    so is a run_dir another process is training in (a lock the OS releases when that process ends).
     Hooks: progress_fn after every step, abort_fn to stop early (state is saved), message_fn for warnings.
+
+    A step whose gradients are not finite is skipped; after BAD_STEPS_BEFORE_ROLLBACK of them in a row, training
+    goes back to the last saved state with both learning rates halved (at most MAX_ROLLBACKS times).
 
     Under torchrun (RANK, WORLD_SIZE, ... in the environment) every process runs fit: DDP averages the
     gradients, each rank draws its own batches, and rank 0 alone writes files and calls progress_fn and
     message_fn. A wish to stop (a signal, abort_fn) on any rank stops every rank at the next log or save step.
     """
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / config.name
+    world, device = join(resolve_device(config.train.device))
+    try:
+        with run_lock(run_dir) if world.is_main else nullcontext():
+            return _fit(
+                config, run_dir, world, device, resume=resume, overwrite=overwrite, progress_fn=progress_fn,
+                abort_fn=abort_fn, message_fn=message_fn,
+            )
+    finally:
+        leave(world)
+
+
+def _fit(
+    config: FitConfig, run_dir: Path, world: World, device: torch.device, *, resume: bool, overwrite: bool,
+    progress_fn: ProgressFn | None, abort_fn: AbortFn | None, message_fn: Callable[[str], None] | None,
+) -> FitResult:
     tc, dc = config.train, config.data
-    world, device = join(resolve_device(tc.device))
     if world.is_main:  # it may delete files; if it refuses, torchrun ends the other ranks too
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     say = message_fn if message_fn is not None and world.is_main else (lambda message: None)
@@ -336,7 +373,7 @@ def fit(
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
     styles = make_styles(config, len(target), device)
 
-    start, elapsed_before = 0, 0.0
+    start, elapsed_before, lr_scale = 0, 0.0, 1.0
     if resume:
         state = load_state(run_dir)
         saved = from_dict(FitConfig, json.loads(state["config"]))
@@ -345,6 +382,7 @@ def fit(
         restore(state, nets, opt_g, opt_d)
         styles = restore_styles(state, styles, device)
         start, elapsed_before = int(state["step"]), float(state.get("elapsed", 0.0))
+        lr_scale = float(state.get("lr_scale", 1.0))
         if start >= tc.steps:
             raise ConfigError(f"{run_dir} is already at step {start}; ask for more --steps to continue")
         if world.is_main:
@@ -356,34 +394,41 @@ def fit(
     distribute(nets, config, world, device)
 
     fixed = torch.stack([source.center(i % len(source)) for i in range(tc.sample_count)]).to(device)
-    # Each rank draws its own batches from (seed, step, rank): see UnpairedBatches, and README "Many GPUs".
-    batches = UnpairedBatches(
-        source, target, batch_size=tc.batch_size, seed=tc.seed, start=start, stop=tc.steps, rank=world.rank
-    )
-    loader = torch.utils.data.DataLoader(
-        batches, batch_size=None, shuffle=False, num_workers=dc.workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
-        persistent_workers=False, prefetch_factor=4 if dc.workers else None,
-    )
+
+    def batches_from(step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        # Each rank draws its own batches from (seed, step, rank): see UnpairedBatches, and README "Many GPUs".
+        batches = UnpairedBatches(
+            source, target, batch_size=tc.batch_size, seed=tc.seed, start=step, stop=tc.steps, rank=world.rank
+        )
+        return iter(torch.utils.data.DataLoader(
+            batches, batch_size=None, shuffle=False, num_workers=dc.workers, pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
+            persistent_workers=False, prefetch_factor=4 if dc.workers else None,
+        ))
+
     metrics_path = run_dir / "metrics.jsonl"
     weights_path = run_dir / f"{config.name}.safetensors"
     running: dict[str, torch.Tensor] = {}
     logged: dict[str, float] = {}
-    count = 0
+    count = skipped = bad_streak = rollbacks = 0
     step = start
     t0 = time.perf_counter()
     t_log, step_log = t0, start
     interrupted = wants_stop = False
 
-    def save(step: int) -> None:
-        elapsed = elapsed_before + time.perf_counter() - t0
-        state = snapshot(nets, opt_g, opt_d, config, step, elapsed)
-        if styles is not None:
+    def take_snapshot(step: int) -> dict[str, Any]:
+        state = snapshot(nets, opt_g, opt_d, config, step, elapsed_before + time.perf_counter() - t0)
+        state["lr_scale"] = lr_scale
+        if styles is not None and styles.result is not None:  # none before the first clustering
             state["styles"] = styles_state(styles)
+        return state
+
+    def save(state: dict[str, Any]) -> None:
+        step = state["step"]
         save_state(run_dir, state)
         summary = {
             "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size * world.size,
-            "train_seconds": round(elapsed, 1), "device": str(device), "siamese": config.model.siamese,
+            "train_seconds": round(state["elapsed"], 1), "device": str(device), "siamese": config.model.siamese,
             "source_images": len(source), "target_images": len(target),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "metrics": logged,
         }
@@ -396,8 +441,12 @@ def fit(
             image_size=dc.crop_size, summary=summary,
         )
 
+    # The state that a run of non-finite steps rolls back to: the last one saved (every rank keeps its own copy).
+    good = copy.deepcopy(take_snapshot(start))
     with stop_on_signals() as signalled:
-        for source_batch, target_batch, target_index in loader:
+        batches = batches_from(start)
+        while step < tc.steps:
+            source_batch, target_batch, target_index = next(batches)
             if world.rank > 0:
                 # Rank 0 continues the saved RNG stream; the others draw augmentations and styles from
                 # (seed, step, rank), so they too resume exactly, whatever the world size was before.
@@ -412,39 +461,82 @@ def fit(
                     styles = share_styles(styles, world, device)
                 target_style = styles.labels[target_index.to(device, non_blocking=True)]
 
+            bad = False
             for _ in range(tc.d_steps):
                 d_terms = discriminator_step(
                     nets, opt_d, source_batch, target_batch, cfg=config, anchor=anchor, augment=augment,
                     autocast=autocast, scaler=scaler, target_style=target_style, styles=styles,
                 )
+                bad |= bool(d_terms.pop("skipped"))
             nets.discriminator.requires_grad_(False)
             g_terms = generator_step(
                 nets, opt_g, source_batch, cfg=config, anchor=anchor, augment=augment, autocast=autocast,
                 scaler=scaler, rotation_weight=rotation_weight_at(config, step), styles=styles,
             )
             nets.discriminator.requires_grad_(True)
+            bad |= bool(g_terms.pop("skipped"))
             ema_step(nets.ema, nets.generator, beta=tc.ema_beta, step=step)
             step += 1
 
-            for key, value in {**d_terms, **g_terms}.items():
-                running[key] = running.get(key, 0.0) + value  # stays on the device: no sync until logging
-            count += 1
+            # Non-finite gradients: that update was skipped. Many in a row: back to the last saved state, slower.
+            bad_streak = bad_streak + 1 if bad else 0
+            at_save = step % tc.save_every == 0 or step == tc.steps
+            if bad:
+                skipped += 1
+                say(f"warning: step {step} skipped (a loss or gradient was not finite)")
+            if at_save and not weights_finite(nets):
+                bad_streak = BAD_STEPS_BEFORE_ROLLBACK  # never save them: roll back now
+            if bad_streak >= BAD_STEPS_BEFORE_ROLLBACK:
+                rollbacks += 1
+                if rollbacks > MAX_ROLLBACKS:
+                    raise TravelError(
+                        f"training diverged at step {step}: non-finite gradients even after {MAX_ROLLBACKS} rollbacks "
+                        f"with lower learning rates; the last good state (step {good['step']}) is kept; try lower --lr-g/--lr-d"
+                    )
+                lr_scale *= 0.5
+                restore(good, nets, opt_g, opt_d)
+                if "styles" in good:
+                    styles = restore_styles(good, styles, device)
+                for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
+                    for group in opt.param_groups:
+                        group["lr"] = lr * lr_scale
+                failed_at, step = step, int(good["step"])
+                say(
+                    f"warning: {bad_streak} bad steps in a row at step {failed_at}: rolled back to step {step} "
+                    f"with learning rates halved (lr_g {tc.lr_g * lr_scale:.3g}, lr_d {tc.lr_d * lr_scale:.3g})"
+                )
+                if world.is_main:
+                    truncate_metrics(metrics_path, step)
+                    append_jsonl(metrics_path, {"step": step, "event": "rollback", "from_step": failed_at,
+                                                "lr_g": tc.lr_g * lr_scale, "lr_d": tc.lr_d * lr_scale})
+                bad_streak, running, count, skipped, t_log, step_log = 0, {}, 0, 0, time.perf_counter(), step
+                batches = batches_from(step)
+                continue
+
+            if not bad:
+                for key, value in {**d_terms, **g_terms}.items():
+                    running[key] = running.get(key, 0.0) + value  # stays on the device: no sync until logging
+                count += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
                 running = average(running, world)  # the mean over ranks: one all-reduce, at log steps only
-                logged = {k: float(v) / count for k, v in running.items()}
+                logged = {k: float(v) / max(count, 1) for k, v in running.items()}
                 logged["images_per_s"] = (step - step_log) * tc.batch_size * world.size / max(now - t_log, 1e-9)
+                if skipped:
+                    logged["skipped_steps"] = skipped
                 if world.is_main:
                     append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
-                running, count, t_log, step_log = {}, 0, now, step
+                running, count, skipped, t_log, step_log = {}, 0, 0, now, step
                 if not all(math.isfinite(v) for v in logged.values()):  # the same averages, so every rank stops
                     if world.is_main:
                         save_samples(run_dir, nets.ema, fixed, step, styles=styles)
                     raise TravelError(f"training diverged at step {step} (non-finite loss); lower the learning rates")
             if world.is_main and (step % tc.sample_every == 0 or step == tc.steps):
                 save_samples(run_dir, nets.ema, fixed, step, styles=styles)
-            if world.is_main and (step % tc.save_every == 0 or step == tc.steps):
-                save(step)
+            if at_save and (bad_streak == 0 or step == tc.steps):  # amid bad steps, keep the earlier good state
+                good = copy.deepcopy(take_snapshot(step))
+                if world.is_main:
+                    save(good)
             if progress_fn is not None and world.is_main:
                 progress_fn(step, tc.steps, logged)
             wants_stop = wants_stop or signalled.is_set() or (abort_fn is not None and abort_fn())
@@ -457,13 +549,19 @@ def fit(
             if stopping:
                 interrupted = step < tc.steps
                 if world.is_main and step % tc.save_every and step != tc.steps:
-                    save(step)
+                    save(take_snapshot(step))
                 break
-    leave(world)
     return FitResult(
         run_dir=run_dir, weights=weights_path, step=step, interrupted=interrupted, metrics=logged,
         skipped_images=source.report.skipped + target.report.skipped,
     )
+
+
+def weights_finite(nets: Nets) -> bool:
+    """Whether every weight of every network is finite (one sync; called at save steps only)."""
+    modules = [nets.generator, nets.discriminator, nets.ema] + ([nets.siamese] if nets.siamese is not None else [])
+    norms = torch._foreach_norm([p for m in modules for p in m.parameters()])
+    return bool(torch.isfinite(torch.stack(norms).sum()))
 
 
 def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None,
@@ -637,9 +735,12 @@ def save_samples(run_dir: Path, generator: Generator, fixed: torch.Tensor, step:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line. An append of one short line either lands whole or not at all on local disks."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+    except OSError as exc:  # a full disk, a folder turned read-only
+        raise write_error(path, exc) from None
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
