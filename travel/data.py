@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000  # refuse larger images (decompression bombs); callers may raise it
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
+# What Pillow's decoders raise on damaged bytes: a chunk too short to unpack is a struct.error (PNG gAMA/cHRM/tRNS,
+# GIF frame headers); older Pillow lets zlib.error out of PNG text chunks.
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error, zlib.error,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +53,7 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft:
         raise DataError(f"{path}: image is too large (decompression bomb?)") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
+    except _DECODE_ERRORS as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: cannot decode image ({reason})") from None
 
@@ -57,7 +64,7 @@ def image_from_pil(image: Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
         return _decode(image, max_pixels=max_pixels, draft=None, name="image")
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
+    except _DECODE_ERRORS as exc:
         raise DataError(f"cannot decode image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
@@ -67,8 +74,8 @@ def _decode(image: Image.Image, *, max_pixels: int, draft: int | None, name: str
         raise DataError(f"{name}: image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise DataError(f"{name}: {width}x{height} is above the pixel limit of {max_pixels:,} (raise it to allow)")
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animated: the first frame
+    if image.tell() != 0:
+        image.seek(0)  # animated: the first frame (n_frames would parse every frame, damaged ones too)
     if draft and image.format == "JPEG":
         image.draft("RGB", (draft, draft))
     image.load()
@@ -86,6 +93,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():  # float TIFFs can hold NaN/inf: NaN black, +inf the brightest finite value
+            array = np.nan_to_num(array, nan=0.0, posinf=array[np.isfinite(array)].max(initial=0.0), neginf=0.0)
         top = 1.0 if mode == "F" and array.max(initial=0) <= 1.0 else (65535.0 if array.max(initial=0) > 255 else 255.0)
         if mode.startswith("I;16"):
             top = 65535.0  # known 16-bit: a dark image (all values <= 255) must stay dark, not be read as 8-bit
