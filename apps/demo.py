@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import gradio as gr
 from PIL import Image
 
+from travel import DEFAULT_CHECKPOINT  # the shipped checkpoint the page opens with; else the first one found
 from travel.data import load_image
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.inference import CheckpointInfo, Translator, list_checkpoints, resolve_checkpoint, runs_dir, shipped_weights_dir
 
-DEFAULT_CHECKPOINT = "emoji3d"  # the shipped checkpoint the demo opens with; else the first one found
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless --host says otherwise
 DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes per upload; larger files are refused before they are stored
 DEFAULT_MAX_PIXELS = 25_000_000  # width x height of an upload; larger images are refused before they are decoded

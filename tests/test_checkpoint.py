@@ -275,3 +275,10 @@ def test_a_killed_process_leaves_the_old_file(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
     assert result.returncode == 9, result.stderr
     assert (tmp_path / "f.bin").read_bytes() == b"old"
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    with open(tmp_path / "b.bin", "wb") as handle:  # what a plain write gives under this umask
+        handle.write(b"x")
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == (tmp_path / "b.bin").stat().st_mode & 0o777

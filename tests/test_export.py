@@ -102,3 +102,32 @@ def test_export_errors_are_one_line(tmp_path):
         lines = result.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+
+
+def test_half_precision_safetensors_copy_for_shipping(tmp_path):
+    ckpt = checkpoint(tmp_path / "red2blue.safetensors", num_styles=2)
+    half = tmp_path / "weights" / "red2blue.safetensors"
+    result = invoke("export", "--ckpt", ckpt, "--safetensors", half, "--half")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(half)
+    assert half.stat().st_size < 0.6 * ckpt.stat().st_size  # float16 storage
+    full, small = load_weights(ckpt), load_weights(half)
+    assert (small.config, small.source_domain, small.target_domain, small.image_size) == (
+        full.config, full.source_domain, full.target_domain, full.image_size)
+    assert all(v.dtype == torch.float32 for v in small.state.values() if v.is_floating_point())  # loads as float32
+    torch.manual_seed(1)
+    source = torch.rand(2, 3, 16, 16) * 2 - 1
+    style = torch.tensor([0, 1])
+    with torch.no_grad():
+        reference, rounded = full.build()(source, style), small.build()(source, style)
+    assert (reference - rounded).abs().max() < 1e-2  # float16 rounding of the weights only
+    assert (reference - source).abs().mean() > 1e-2  # and the model does something
+
+    for args, message in (
+        (["--ckpt", ckpt], "give --onnx FILE and/or --safetensors FILE"),
+        (["--ckpt", ckpt, "--onnx", tmp_path / "m.onnx", "--half"], "--half applies to --safetensors"),
+        (["--ckpt", ckpt, "--safetensors", tmp_path / "m.pt"], "must end in .safetensors"),
+    ):
+        result = invoke("export", *args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.stderr.splitlines() == [f"error: {result.stderr.splitlines()[0][7:]}"] and message in result.stderr

@@ -1,6 +1,7 @@
 """travel: unpaired image-to-image translation with a Siamese discriminator and the TraVeL loss."""
 
 __version__ = "0.1.0"
+DEFAULT_CHECKPOINT = "emoji3d"  # shipped in weights/: what `travel translate` and the demo use when none is named
 
 # Heavy modules load on first use, so `import travel` and `travel translate` start fast.
 _LAZY = {
@@ -18,7 +19,7 @@ _LAZY = {
     "TravelError": "travel.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "DEFAULT_CHECKPOINT", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -25,6 +25,8 @@ WEIGHTS_FORMAT = "travel-generator"
 STATE_FILE = "state.pt"
 LOCK_FILE = ".lock"
 MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is not ours
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it), then put back
+os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,6 +41,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
     except OSError as exc:
         raise write_error(path, exc) from None
     tmp_path = Path(tmp)

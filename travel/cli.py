@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
+from travel import DEFAULT_CHECKPOINT
 from travel.errors import TravelError
 
 app = typer.Typer(
@@ -196,7 +197,9 @@ def _run_fit(config: Any, run_dir: Path, *, resume: bool, overwrite: bool = Fals
 @user_errors
 def translate(
     inputs: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or quoted globs ('shots/**/*.jpg')."),
-    ckpt: str = typer.Option(..., "--ckpt", help="A checkpoint name (see `travel models`), a .safetensors file or a run folder."),
+    ckpt: str = typer.Option(
+        DEFAULT_CHECKPOINT, "--ckpt", help="A checkpoint name (see `travel models`), a .safetensors file or a run folder."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: beside each input); folder inputs keep their sub-folders."),
     size: Optional[int] = typer.Option(None, "--size", help="Resize the shorter side to this many pixels first (default: keep the resolution)."),
     style: Optional[str] = typer.Option(
@@ -417,20 +420,40 @@ def models(as_json: bool = typer.Option(False, "--json", help="One JSON object p
 @user_errors
 def export(
     ckpt: str = typer.Option(..., "--ckpt", help="A checkpoint name, a .safetensors file or a run folder."),
-    onnx: Path = typer.Option(..., "--onnx", help="The .onnx file to write (dynamic batch, height and width)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", help="The .onnx file to write (dynamic batch, height and width)."),
+    safetensors: Optional[Path] = typer.Option(
+        None, "--safetensors", help="A .safetensors copy to write (e.g. weights/NAME.safetensors to ship a model)."
+    ),
+    half: bool = typer.Option(False, "--half", help="With --safetensors: store float16 (half the size; loads as float32)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     check: bool = typer.Option(True, "--check/--no-check", help="Run the export in onnxruntime and compare it with PyTorch."),
 ) -> None:
-    """Export a checkpoint's generator to ONNX: input 'source' [N, 3, H, W] in [-1, 1], output 'translation'."""
-    from travel.checkpoint import load_weights
-    from travel.export import MAX_ABS_DIFF, export_onnx
+    """Export a checkpoint's generator: to ONNX (input 'source' [N, 3, H, W] in [-1, 1], output 'translation'),
+    or as a (half-precision) .safetensors copy with its metadata, the form weights/ ships."""
+    from travel.checkpoint import load_weights, save_weights
+    from travel.errors import ConfigError
     from travel.inference import resolve_checkpoint
 
+    if onnx is None and safetensors is None:
+        raise ConfigError("give --onnx FILE and/or --safetensors FILE")
+    if half and safetensors is None:
+        raise ConfigError("--half applies to --safetensors")
     weights = load_weights(resolve_checkpoint(ckpt))
-    report = export_onnx(weights, onnx, opset=opset, check=check)
-    for shape, diff in report.checked:
-        typer.echo(f"checked in onnxruntime at {list(shape)}: max |onnx - torch| = {diff:.1e} (limit {MAX_ABS_DIFF:.0e})", err=True)
-    typer.echo(str(report.path))
+    if safetensors is not None:
+        if safetensors.suffix != ".safetensors":
+            raise ConfigError(f"--safetensors {safetensors}: the file name must end in .safetensors")
+        save_weights(
+            safetensors, weights.build(), source_domain=weights.source_domain, target_domain=weights.target_domain,
+            image_size=weights.image_size, summary=weights.summary, half=half,
+        )
+        typer.echo(str(safetensors))
+    if onnx is not None:
+        from travel.export import MAX_ABS_DIFF, export_onnx
+
+        report = export_onnx(weights, onnx, opset=opset, check=check)
+        for shape, diff in report.checked:
+            typer.echo(f"checked in onnxruntime at {list(shape)}: max |onnx - torch| = {diff:.1e} (limit {MAX_ABS_DIFF:.0e})", err=True)
+        typer.echo(str(report.path))
 
 # ---------------------------------------------------------------------------------------------
 # travel eval, travel bench speed
