@@ -104,6 +104,23 @@ def rewrite_metadata(path: Path, target: Path, **changes) -> None:
     save_file(tensors, str(target), metadata={k: v for k, v in metadata.items() if v is not None})
 
 
+def rewrite_header(path: Path, target: Path, change) -> None:
+    """Edit the raw JSON header (what save_file would refuse to write: non-string values, odd types)."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    target.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+
+def add_tensor(path: Path, target: Path) -> None:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    save_file({**tensors, "backdoor.weight": torch.zeros(3)}, str(target), metadata=metadata)
+
+
 @pytest.mark.parametrize(
     "damage, needle",
     [
@@ -120,17 +137,33 @@ def rewrite_metadata(path: Path, target: Path, **changes) -> None:
         (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps({"depth": 99})), "model_config"),
         (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps({**json.loads(_config_json()), "depth": 3})), "missing"),
         (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps({**json.loads(_config_json()), "base_channels": 4})), "shape"),
+        (add_tensor, "unexpected"),
+        (lambda p, t: rewrite_metadata(p, t, summary="x" * 2_000_000), "implausibly large"),
+        (lambda p, t: rewrite_metadata(p, t, source_domain="a" * 5000), "source_domain"),
+        (lambda p, t: rewrite_metadata(p, t, image_size="huge"), "image_size"),
+        (lambda p, t: rewrite_metadata(p, t, image_size="-64"), "image_size"),
+        (lambda p, t: rewrite_header(p, t, lambda h: h["__metadata__"].update(image_size=64)), "non-string"),
+        (lambda p, t: rewrite_header(p, t, lambda h: h.update(__metadata__=["format"])), "not a travel checkpoint"),
+        (lambda p, t: rewrite_header(p, t, lambda h: h.update(__metadata__=None)), "not a travel checkpoint"),
+        (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps({**json.loads(_config_json()), "depth": "four"})), "model_config"),
+        (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps([1, 2])), "model_config"),
+        (lambda p, t: rewrite_metadata(p, t, model_config=json.dumps({**json.loads(_config_json()), "evil": 1})), "model_config"),
+        (lambda p, t: rewrite_metadata(p, t, schema_version="1" * 10_000), "schema version"),
     ],
     ids=["missing", "empty", "not-json", "truncated-header", "truncated-data", "foreign", "other-format", "schema",
-         "no-config", "broken-config", "invalid-config", "missing-tensors", "wrong-shape"],
+         "no-config", "broken-config", "invalid-config", "missing-tensors", "wrong-shape", "extra-tensor",
+         "huge-metadata", "huge-domain", "bad-size", "negative-size", "int-value", "list-metadata", "null-metadata",
+         "wrong-type-config", "list-config", "unknown-config-key", "huge-schema"],
 )
 def test_load_weights_refuses_what_it_cannot_trust(tmp_path, damage, needle):
     good = tmp_path / "good.safetensors"
     save(good, trained_looking_generator())
     bad = tmp_path / "bad.safetensors"
     damage(good, bad)
-    with pytest.raises(CheckpointError, match=needle):
+    with pytest.raises(CheckpointError, match=needle) as caught:
         load_weights(bad)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400  # one line, and hostile contents are not echoed in full
 
 
 def _config_json() -> str:

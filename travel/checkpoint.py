@@ -25,6 +25,7 @@ WEIGHTS_FORMAT = "travel-generator"
 STATE_FILE = "state.pt"
 LOCK_FILE = ".lock"
 MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is not ours
+MAX_DOMAIN_CHARS = 200
 _UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it), then put back
 os.umask(_UMASK)
 
@@ -244,10 +245,17 @@ def read_metadata(data: bytes, *, name: str) -> dict[str, str]:
     version = metadata.get("schema_version", "")
     if version != str(SCHEMA_VERSION):
         raise CheckpointError(
-            f"{name}: checkpoint schema version {version!r} is not supported by travel {__version__} (expects {SCHEMA_VERSION})"
+            f"{name}: checkpoint schema version {version[:20]!r} is not supported by travel {__version__} (expects {SCHEMA_VERSION})"
         )
     if "model_config" not in metadata:
         raise CheckpointError(f"{name}: metadata has no model_config")
+    for key in ("source_domain", "target_domain"):  # shown in listings and the demo: short, one line
+        value = metadata.get(key, "")
+        if len(value) > MAX_DOMAIN_CHARS or not value.isprintable():
+            raise CheckpointError(f"{name}: malformed metadata ({key} is not a short printable name)")
+    size = metadata.get("image_size", "0")
+    if not (size.isascii() and size.isdigit() and len(size) <= 7):
+        raise CheckpointError(f"{name}: malformed metadata (image_size {size[:20]!r} is not a pixel count)")
     return metadata
 
 
