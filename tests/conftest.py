@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from PIL import Image, ImageDraw
 # One thread: these tensors are tiny, so a second thread buys little, and where cores are shared its
 # synchronisation makes CPU tests 10-50x slower (measured: 30 discriminator passes 0.2 s vs 2-9 s).
 torch.set_num_threads(1)
+# Tests run offline: no usage pings from gradio or gradio_client (read when they are imported).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def draw_shapes(
