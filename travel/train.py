@@ -288,8 +288,7 @@ def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch
         scaler.update()
         return True
     loss.backward()
-    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())):
+    if not all_finite([p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]):
         opt.zero_grad(set_to_none=True)
         return False
     opt.step()
@@ -558,10 +557,14 @@ def _fit(
 
 
 def weights_finite(nets: Nets) -> bool:
-    """Whether every weight of every network is finite (one sync; called at save steps only)."""
+    """Whether every weight of every network is finite (called at save steps only)."""
     modules = [nets.generator, nets.discriminator, nets.ema] + ([nets.siamese] if nets.siamese is not None else [])
-    norms = torch._foreach_norm([p for m in modules for p in m.parameters()])
-    return bool(torch.isfinite(torch.stack(norms).sum()))
+    return all_finite([p for m in modules for p in m.parameters()])
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether no entry of any tensor is NaN or Inf: one fused norm per tensor, one host-device sync in all."""
+    return not tensors or bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()))
 
 
 def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None,
