@@ -94,6 +94,33 @@ def test_self_attention_starts_as_the_identity():
     assert torch.equal(attention(features), features)
 
 
+@pytest.mark.parametrize("with_context", [False, True])
+def test_cpu_attention_matches_scaled_dot_product_attention(with_context):
+    """The CPU path (explicit matmul + softmax) computes SDPA's attention, with and without tiling's shared context."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    attention = SelfAttention(16)
+    with torch.no_grad():
+        attention.gate.fill_(0.7)
+    x = torch.randn(2, 16, 6, 5)
+    q = attention.query(x).flatten(2).transpose(1, 2)
+    k = attention.key(x).flatten(2).transpose(1, 2)
+    v = attention.value(x).flatten(2).transpose(1, 2)
+    if with_context:
+        other = torch.randn(1, 16, 4, 7)
+        context = (attention.key(other).flatten(2).transpose(1, 2), attention.value(other).flatten(2).transpose(1, 2))
+        attention.context = context
+        k, v = (t.expand(2, -1, -1) for t in context)
+    reference = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+    expected = x + 0.7 * reference.transpose(1, 2).reshape(x.shape)
+    out = attention(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-2)  # the gate is open: attention changed something
+    out.sum().backward()  # and it trains
+    assert attention.query.weight.grad is not None and attention.query.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Discriminator.
 

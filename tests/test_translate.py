@@ -108,6 +108,19 @@ def test_call_matches_the_generator_on_the_shared_preprocessing(ckpt):
     assert (result - expected.clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6  # rounding to 8 bits only
 
 
+def test_translator_runs_nhwc_and_computes_what_the_nchw_generator_does(ckpt):
+    from travel.checkpoint import load_weights
+
+    translator = Translator.from_pretrained(ckpt, device="cpu")
+    convolutions = [m.weight for m in translator.generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    plain = load_weights(ckpt).build().eval()  # NCHW, as trained
+    source = torch.rand(3, 3, 24, 40) * 2 - 1
+    with torch.no_grad():
+        expected = plain(source)
+    assert torch.allclose(translator.translate_tensor(source), expected, atol=1e-5)
+
+
 def test_translate_batch_equals_one_by_one(ckpt):
     translator = Translator.from_pretrained(ckpt, device="cpu")
     images = [Image.effect_noise(size, 40 + i).convert("RGB") for i, size in enumerate([(20, 12), (9, 9), (20, 12), (20, 12)])]

@@ -138,6 +138,20 @@ def _header_bytes(path: Path) -> bytes:
 # Translating.
 
 
+def inference_layout(generator: Generator) -> Generator:
+    """The generator in eval mode with NHWC (channels_last) weights, the layout inference runs in.
+
+    oneDNN's CPU convolutions and tensor-core GPU convolutions both run NHWC; fed NCHW, the full-resolution
+    convolutions pay for reordering (measured on the CPU: 15-20% of a 256 px translation; docs/BENCHMARKS.md).
+    """
+    return generator.eval().to(memory_format=torch.channels_last)
+
+
+def run_generator(generator: Generator, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward pass of an `inference_layout` generator: [N, 3, H, W] float -> [N, 3, H, W]."""
+    return generator(source.contiguous(memory_format=torch.channels_last), style)
+
+
 class Translator:
     """A trained translator: `translator(image)` returns the translated PIL image at the input's size.
 
@@ -150,7 +164,7 @@ class Translator:
         self.weights = weights
         self.name = name
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.generator: Generator = weights.build().to(self.device)
+        self.generator: Generator = inference_layout(weights.build().to(self.device))
         self._lock = threading.Lock()  # tiling hands shared statistics to the blocks; one translation at a time
 
     @classmethod
@@ -173,7 +187,7 @@ class Translator:
             return self._forward(source, style).float().cpu()
 
     def _forward(self, source: torch.Tensor, style: int | None) -> torch.Tensor:
-        return self.generator(source.to(self.device, torch.float32), self.style_ids(style, source.shape[0]))
+        return run_generator(self.generator, source.to(self.device, torch.float32), self.style_ids(style, source.shape[0]))
 
     @property
     def num_styles(self) -> int:

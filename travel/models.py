@@ -36,8 +36,14 @@ class SelfAttention(nn.Module):
             v = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
         else:
             k, v = (t.expand(n, -1, -1) for t in self.context)  # [N, M, inner], [N, M, C]
-        # SDPA picks a memory-efficient kernel, so large maps do not build an HW x HW matrix.
-        out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        if x.device.type == "cpu":
+            # For these shapes (values wider than keys) the CPU SDPA takes its math path, which builds the same
+            # HW x M score matrix as this, only slower (about 2x at 1,024 positions; docs/BENCHMARKS.md).
+            weights = torch.softmax(torch.bmm(q * q.shape[-1] ** -0.5, k.transpose(1, 2)), dim=-1)  # [N, HW, M]
+            out = torch.bmm(weights, v)
+        else:
+            # On a GPU, SDPA picks a memory-efficient kernel, so large maps do not build an HW x M matrix.
+            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         return x + self.gate * out.transpose(1, 2).reshape(n, c, h, w)
 
 
