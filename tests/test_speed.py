@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from travel.cli import app
 from travel.config import FitConfig
-from travel.speed import SpeedSettings, bench_config, format_report, run_speed
+from travel.speed import SpeedSettings, bench_config, format_profile, format_report, run_speed
 
 runner = CliRunner()
 
@@ -99,6 +99,33 @@ def test_bench_speed_command_writes_json(tmp_path):
     report = json.loads(out.read_text())
     assert report["settings"]["size"] == 32 and report["threads"] == 1 and report["train"]["images_per_s"] > 0
     assert "train FLOPs" in result.stdout
+
+
+def test_profile_names_where_the_time_goes():
+    settings = SpeedSettings(size=16, profile=True, **TINY)
+    report = run_speed(settings)
+    for phase in ("inference", "train"):
+        rows = report["profile"][phase]
+        assert rows and all(r["self_ms"] > 0 and r["calls"] >= 1 for r in rows)
+        assert sum(r["share"] for r in rows) <= 1.0 + 1e-9
+        assert [r["self_ms"] for r in rows] == sorted((r["self_ms"] for r in rows), reverse=True)
+        assert any("convolution" in r["op"] for r in rows)
+    assert any("backward" in r["op"] for r in report["profile"]["train"])  # the training step includes backward
+    assert not any("backward" in r["op"] for r in report["profile"]["inference"])
+    text = format_profile(report)
+    assert "inference: top operators by self time" in text and "train: top operators by self time" in text
+    assert "profile" not in run_speed(SpeedSettings(size=16, **TINY))
+
+
+def test_bench_speed_profile_flag_prints_the_tables():
+    with _restore_threads():
+        result = runner.invoke(app, [
+            "bench", "speed", "--size", "16", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--channels", "8",
+            "--depth", "2", "--vec-len", "8", "--matmul-size", "128", "--device", "cpu", "--threads", "1", "--profile",
+            "--channels-last",
+        ])
+    assert result.exit_code == 0, result.output
+    assert "train: top operators by self time" in result.stdout and "aten::" in result.stdout
 
 
 @pytest.mark.parametrize(

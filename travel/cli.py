@@ -82,7 +82,7 @@ def fit(
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
     cache: bool = typer.Option(False, "--cache/--no-cache", help="Keep decoded images in memory."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the networks (slow first steps)."),
-    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC layout on CUDA GPUs."),
+    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="NHWC layout (faster convolutions on CPU and GPU)."),
     log_every: int = typer.Option(10, "--log-every", help="Steps between metrics.jsonl lines."),
     sample_every: int = typer.Option(500, "--sample-every", help="Steps between sample grids."),
     save_every: int = typer.Option(1000, "--save-every", help="Steps between saves of the resume state and weights."),
@@ -504,6 +504,9 @@ def bench_speed(
     vec_len: int = typer.Option(128, "--vec-len", help="Discriminator vector length."),
     siamese: str = typer.Option("shared", "--siamese", help="shared or separate, as in travel fit."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Include the SS-GAN rotation loss."),
+    channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="Train in NHWC, as travel fit --channels-last."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the trained networks, as travel fit --compile."),
+    profile: bool = typer.Option(False, "--profile/--no-profile", help="Also print torch.profiler's top operators for inference and one training step."),
     matmul_size: Optional[int] = typer.Option(None, "--matmul-size", help="Side of the peak matmul (default 2048 CPU, 8192 CUDA)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also save the numbers as JSON here."),
@@ -515,7 +518,7 @@ def bench_speed(
 
     from travel.checkpoint import atomic_write_text
     from travel.errors import ConfigError
-    from travel.speed import SpeedSettings, format_report, run_speed
+    from travel.speed import SpeedSettings, format_profile, format_report, run_speed
 
     if threads is not None:
         if threads < 1:
@@ -524,9 +527,12 @@ def bench_speed(
     settings = SpeedSettings(
         size=size, batch_size=batch_size, steps=steps, warmup=warmup, device=device, precision=precision, channels=channels,
         depth=depth, vec_len=vec_len, siamese=siamese, rotation=rotation, matmul_size=matmul_size,
+        channels_last=channels_last, compile=compile, profile=profile,
     )
     report = run_speed(settings, say=lambda message: typer.echo(f"measuring {message}", err=True))
     typer.echo(format_report(report))
+    if profile:
+        typer.echo("\n" + format_profile(report))
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
         typer.echo(f"saved {json_path}")

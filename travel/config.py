@@ -166,7 +166,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA if supported, else fp32
     compile: bool = False  # torch.compile the trained networks' forward (slow first steps while it compiles)
-    channels_last: bool = False  # CUDA only: networks and inputs in NHWC layout, which tensor-core convolutions use
+    channels_last: bool = False  # networks and inputs in NHWC, the layout oneDNN (CPU) and tensor-core convolutions use
     log_every: int = 10  # steps between metrics.jsonl lines
     sample_every: int = 500  # steps between sample grids
     save_every: int = 1000  # steps between resume-state and weight saves

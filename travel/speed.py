@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import platform
 import re
@@ -14,14 +15,17 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from travel import __version__
 from travel.augment import DiffAugment
 from travel.config import DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
 from travel.errors import ConfigError
+from travel.inference import inference_layout, run_generator
+from travel.models import Generator
 from travel.runtime import precision_context, resolve_device
-from travel.train import build_nets, discriminator_step, ema_step, generator_step, rotation_weight_at
+from travel.train import accelerate, build_nets, discriminator_step, ema_step, generator_step, rotation_weight_at
 
 MessageFn = Callable[[str], None]
 
@@ -42,6 +46,9 @@ class SpeedSettings:
     siamese: str = "shared"
     rotation: bool = False
     augment: bool = True
+    channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
+    compile: bool = False  # torch.compile the trained networks, as `travel fit --compile`
+    profile: bool = False  # also run torch.profiler over one inference batch and one training step
     matmul_size: int | None = None  # side of the square peak-matmul; None: 2048 on CPU, 8192 on CUDA
     seed: int = 0
 
@@ -66,7 +73,7 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
         loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0),
         data=DataConfig(load_size=s.size, crop_size=s.size, augment=s.augment),
         train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, device=s.device,  # type: ignore[arg-type]
-                          precision=s.precision, seed=s.seed),  # type: ignore[arg-type]
+                          precision=s.precision, seed=s.seed, channels_last=s.channels_last, compile=s.compile),  # type: ignore[arg-type]
     )
 
 
@@ -80,7 +87,8 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     say = say or (lambda message: None)
     config = config or bench_config(settings)
     config = replace(config, train=replace(config.train, batch_size=settings.batch_size, device=settings.device,
-                                           precision=settings.precision))  # type: ignore[arg-type]
+                                           precision=settings.precision, channels_last=settings.channels_last,
+                                           compile=settings.compile))  # type: ignore[arg-type]
     device = resolve_device(settings.device)
     autocast, scaler = precision_context(settings.precision, device)
     train_dtype = _autocast_dtype(autocast)
@@ -100,7 +108,7 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
 
     # Inference first, with only the networks alive, so its peak memory is not the optimizer's.
     say("inference")
-    generator = nets.ema.eval()
+    generator = inference_layout(copy.deepcopy(nets.ema))
     inference = {}
     for n in sorted({1, batch}):
         inputs = source[:n]
@@ -111,9 +119,13 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     with FlopCounterMode(display=False) as counter:
         _infer(generator, source)
     infer_flops = counter.get_total_flops() / batch
+    profiles = {"inference": _profile(lambda: _infer(generator, source), device)} if settings.profile else {}
+    del generator
 
     say("training")
     tc = config.train
+    memory_format = accelerate(nets, config, device, say)
+    source, target = (t.contiguous(memory_format=memory_format) for t in (source, target))
     params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
     opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
     opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
@@ -140,6 +152,8 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     with FlopCounterMode(display=False) as counter:
         train_step()
     train_flops_step = counter.get_total_flops()
+    if settings.profile:
+        profiles["train"] = _profile(train_step, device)
 
     say("matmul peak")
     del opt_g, opt_d
@@ -179,12 +193,39 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
         },
         "matmul_peak": {peak["dtype"]: peak for peak in (peak_fp32, peak_train)},  # keyed by dtype name
         "memory": {"baseline_mb": baseline, "kind": _memory_kind(device)},
+        **({"profile": profiles} if profiles else {}),
     }
 
 
 @torch.no_grad()
-def _infer(generator: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return generator(images.float())  # fp32 and no autocast: what Translator runs
+def _infer(generator: Generator, images: torch.Tensor) -> torch.Tensor:
+    return run_generator(generator, images.float())  # fp32, no autocast, NHWC: what Translator runs
+
+
+def _profile(fn: Callable[[], Any], device: torch.device, *, top: int = 15) -> list[dict[str, Any]]:
+    """torch.profiler over one call: the `top` operators by self time (device time on a GPU), with their shares."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    attribute = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attribute) > 0]
+    total = sum(getattr(e, attribute) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attribute), reverse=True)
+    return [
+        {"op": e.key, "self_ms": getattr(e, attribute) / 1000, "share": getattr(e, attribute) / total, "calls": e.count}
+        for e in events[:top]
+    ]
+
+
+def format_profile(report: dict[str, Any]) -> str:
+    """The profiler tables of a report made with profile=True (empty when there are none)."""
+    blocks = []
+    for phase, rows in report.get("profile", {}).items():
+        lines = [f"{phase}: top operators by self time", f"  {'share':>6}  {'ms':>9}  {'calls':>5}  operator"]
+        lines += [f"  {100 * r['share']:5.1f}%  {r['self_ms']:9.2f}  {r['calls']:5d}  {r['op']}" for r in rows]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, *, size: int, repeats: int = 5) -> dict[str, Any]:

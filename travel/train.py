@@ -606,12 +606,9 @@ def accelerate(nets: Nets, config: FitConfig, device: torch.device, say: Callabl
     trained = [net for net in (nets.generator, nets.discriminator, nets.siamese) if net is not None]
     memory_format = torch.preserve_format
     if tc.channels_last:
-        if device.type == "cuda":
-            for net in trained:
-                net.to(memory_format=torch.channels_last)  # NHWC: the layout tensor-core convolutions run in
-            memory_format = torch.channels_last
-        else:
-            say("warning: --channels-last only applies on CUDA GPUs; ignored")
+        for net in trained:
+            net.to(memory_format=torch.channels_last)  # NHWC: the layout tensor-core and oneDNN convolutions run in
+        memory_format = torch.channels_last
     if tc.compile:
         problem = compile_problem(device)
         if problem is not None:
