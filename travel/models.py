@@ -38,7 +38,8 @@ class SelfAttention(nn.Module):
             k, v = (t.expand(n, -1, -1) for t in self.context)  # [N, M, inner], [N, M, C]
         if x.device.type == "cpu":
             # For these shapes (values wider than keys) the CPU SDPA takes its math path, which builds the same
-            # HW x M score matrix as this, only slower (about 2x at 1,024 positions; docs/BENCHMARKS.md).
+            # HW x M score matrix as this, only slower (a 256 px translation, 16 channels, NHWC: 83.5 -> 72.1 ms
+            # median; benchmarks/inference_ab.py, docs/BENCHMARKS.md).
             weights = torch.softmax(torch.bmm(q * q.shape[-1] ** -0.5, k.transpose(1, 2)), dim=-1)  # [N, HW, M]
             out = torch.bmm(weights, v)
         else:
