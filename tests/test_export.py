@@ -66,6 +66,18 @@ def test_onnx_matches_pytorch_at_any_size(plain, shape):
     assert np.abs(expected - source.numpy()).mean() > 0.05  # the model does change its input: parity means something
 
 
+@pytest.mark.slow
+def test_onnx_with_replicate_padding(tmp_path_factory):
+    ckpt, path = exported(tmp_path_factory, padding="replicate")
+    generator = load_weights(ckpt).build()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = torch.rand(2, 3, 19, 26, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    (translation,) = session.run(["translation"], {"source": source.numpy()})
+    with torch.no_grad():
+        expected = generator(source).numpy()
+    assert np.abs(translation - expected).max() < 1e-3
+
+
 def test_onnx_inputs_are_dynamic_and_described(plain):
     _, path = plain
     model = onnx.load(str(path))

@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig
+from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, from_dict, to_dict
+from travel.errors import ConfigError
 from travel.models import Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple
 
 TINY_G = dict(base_channels=8, max_channels=16, norm_groups=4)
@@ -53,6 +54,32 @@ def test_untrained_residual_generator_is_the_identity():
     generator = build_generator(GeneratorConfig(depth=2, attention_levels=(2,), residual=True, **TINY_G))
     source = torch.rand(2, 3, 9, 13) * 1.9 - 0.95  # inside the clamp at +-0.999
     assert torch.allclose(generator(source), source, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_replicate_padding_hides_the_border(padding):
+    """With zero padding every layer can tell the border from the middle (G can paint frames); with
+    replicate padding a flat image stays flat, so nothing in G knows where the border is."""
+    generator = scrambled(build_generator(GeneratorConfig(depth=2, attention_levels=(2,), padding=padding, **TINY_G)))
+    for module in generator.modules():
+        if isinstance(module, SelfAttention):
+            module.gate.data.fill_(0.5)  # attention open too
+    with torch.no_grad():
+        translation = generator(torch.full((1, 3, 24, 20), 0.3))
+    spread = (translation - translation.mean(dim=(2, 3), keepdim=True)).abs().max().item()
+    if padding == "replicate":
+        assert spread < 1e-5
+    else:
+        assert spread > 1e-2  # the zero-padded generator does respond to the border
+
+
+def test_saved_configs_without_padding_mean_zeros():
+    """Checkpoints written before the setting existed were trained with zero padding."""
+    data = to_dict(GeneratorConfig(padding="replicate"))
+    del data["padding"]
+    assert from_dict(GeneratorConfig, data).padding == "zeros"
+    with pytest.raises(ConfigError, match="padding"):
+        GeneratorConfig(padding="reflect")
 
 
 def test_generator_rejects_a_wrong_shape():

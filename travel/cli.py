@@ -67,6 +67,7 @@ def fit(
     siamese: str = typer.Option("shared", "--siamese", help="shared: S is the discriminator; separate: S is its own network."),
     channels: int = typer.Option(32, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
+    padding: str = typer.Option("zeros", "--padding", help="Generator border padding: zeros or replicate."),
     travel_weight: float = typer.Option(10.0, "--travel-weight", help="Weight of the TraVeL content loss."),
     r1: float = typer.Option(0.0, "--r1", help="R1 gradient penalty weight on real images (0 = off)."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Self-supervised rotation loss (SS-GAN)."),
@@ -113,7 +114,8 @@ def fit(
         # --data horse2zebra names the run horse2zebra: "trainA2trainB" would put every CycleGAN dataset in one folder.
         name = name or (data.resolve().name if data and not (src or dst) else f"{source.resolve().name}2{target.resolve().name}")
         model = model_config_for(
-            size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese
+            size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
+            padding=padding,
         )
         config = FitConfig(
             name=name,

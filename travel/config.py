@@ -30,6 +30,9 @@ class GeneratorConfig:
     norm_groups: int = 8  # group normalisation groups (capped by the channel count)
     num_styles: int = 0  # > 0: decoder norms are conditioned on a style (cluster) id
     residual: bool = True  # output tanh(atanh(source) + head): starts as the identity, learns the change
+    # What the 3x3 convolutions see beyond the border. "zeros" tells every layer where the border is, which
+    # lets G paint frames; "replicate" hides it. Saved configs without this key were trained with zeros.
+    padding: Literal["zeros", "replicate"] = "zeros"
 
     def __post_init__(self) -> None:
         _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")
@@ -42,6 +45,7 @@ class GeneratorConfig:
         )
         _check(self.norm_groups >= 1, "norm_groups must be >= 1")
         _check(self.num_styles >= 0, "num_styles must be >= 0")
+        _check(self.padding in ("zeros", "replicate"), f"generator padding must be zeros or replicate, got {self.padding!r}")
 
     def width(self, level: int) -> int:
         """Channels at `level` (0 = full resolution)."""
@@ -290,11 +294,12 @@ def _check(ok: bool, message: str) -> None:
 
 def model_config_for(
     *, size: int, channels: int = 32, depth: int = 4, vec_len: int = 128, rotation: bool = False, clusters: int = 0,
-    siamese: str = "shared",
+    siamese: str = "shared", padding: str = "zeros",
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings."""
     generator = GeneratorConfig(
-        base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters
+        base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
+        padding=padding,
     )
     discriminator = DiscriminatorConfig(
         base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),

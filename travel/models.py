@@ -85,9 +85,11 @@ class Norm2d(nn.Module):
 
 
 class ConvNormAct(nn.Module):
-    def __init__(self, cin: int, cout: int, *, stride: int = 1, groups: int, num_styles: int = 0) -> None:
+    def __init__(
+        self, cin: int, cout: int, *, stride: int = 1, groups: int, num_styles: int = 0, padding: str = "zeros"
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode="zeros")
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, padding_mode=padding)
         self.norm = Norm2d(cout, groups=groups, num_styles=num_styles)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,14 +108,16 @@ class Generator(nn.Module):
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        g = cfg.norm_groups
-        self.stem = ConvNormAct(cfg.channels, cfg.width(0), groups=g)
+        g, pad = cfg.norm_groups, cfg.padding
+        self.stem = ConvNormAct(cfg.channels, cfg.width(0), groups=g, padding=pad)
         self.down = nn.ModuleList()
         self.down_attn = nn.ModuleList()
         for lvl in range(1, cfg.depth + 1):
             cin, cout = cfg.width(lvl - 1), cfg.width(lvl)
             self.down.append(
-                nn.ModuleList([ConvNormAct(cin, cout, stride=2, groups=g), ConvNormAct(cout, cout, groups=g)])
+                nn.ModuleList(
+                    [ConvNormAct(cin, cout, stride=2, groups=g, padding=pad), ConvNormAct(cout, cout, groups=g, padding=pad)]
+                )
             )
             self.down_attn.append(SelfAttention(cout) if lvl in cfg.attention_levels else nn.Identity())
         self.up = nn.ModuleList()
@@ -123,14 +127,14 @@ class Generator(nn.Module):
             self.up.append(
                 nn.ModuleList(
                     [
-                        ConvNormAct(cin, cout, groups=g, num_styles=cfg.num_styles),
-                        ConvNormAct(2 * cout, cout, groups=g, num_styles=cfg.num_styles),
+                        ConvNormAct(cin, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
+                        ConvNormAct(2 * cout, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
                     ]
                 )
             )
             has_attn = (lvl - 1) in cfg.attention_levels
             self.up_attn.append(SelfAttention(cout) if has_attn else nn.Identity())
-        self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1)
+        self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1, padding_mode=pad)
         if cfg.residual:
             nn.init.zeros_(self.head.weight)  # an untrained generator returns its input
             nn.init.zeros_(self.head.bias)
