@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from travel import DEFAULT_CHECKPOINT
+from travel.config import DEFAULT_CHANNELS
 from travel.errors import TravelError
 
 app = typer.Typer(
@@ -65,7 +66,7 @@ def fit(
     d_steps: int = typer.Option(1, "--d-steps", help="Discriminator updates per generator update."),
     vec_len: int = typer.Option(128, "--vec-len", help="Length of the discriminator's output vector."),
     siamese: str = typer.Option("shared", "--siamese", help="shared: S is the discriminator; separate: S is its own network."),
-    channels: int = typer.Option(32, "--channels", help="Generator and discriminator width at full resolution."),
+    channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
     padding: str = typer.Option("zeros", "--padding", help="Generator border padding: zeros or replicate."),
     travel_weight: float = typer.Option(10.0, "--travel-weight", help="Weight of the TraVeL content loss."),
@@ -501,7 +502,7 @@ def bench_speed(
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     precision: str = typer.Option("auto", "--precision", help="Training precision, as in travel fit: auto, fp32, bf16, fp16."),
-    channels: int = typer.Option(32, "--channels", help="Generator and discriminator width, as in travel fit."),
+    channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width, as in travel fit."),
     depth: int = typer.Option(4, "--depth", help="Downsamplings, as in travel fit."),
     vec_len: int = typer.Option(128, "--vec-len", help="Discriminator vector length."),
     siamese: str = typer.Option("shared", "--siamese", help="shared or separate, as in travel fit."),

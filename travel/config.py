@@ -13,6 +13,11 @@ from travel.errors import ConfigError
 
 SCHEMA_VERSION = 1  # bump when the meaning of a saved config or weight name changes
 
+# Width at full resolution of the default model. 16 rather than 32: at the same steps 32 channels was no
+# better on the glyph benchmark (docs/BENCHMARKS.md, "Default width") and trains half as fast on a CPU.
+# Saved configs always carry their width, so this changes new runs only.
+DEFAULT_CHANNELS = 16
+
 
 # ---------------------------------------------------------------------------------------------
 # Architecture: what a checkpoint must carry to rebuild its networks.
@@ -23,7 +28,7 @@ class GeneratorConfig:
     """U-Net with self-attention at the low resolutions."""
 
     channels: int = 3  # image channels in and out
-    base_channels: int = 32  # width at full resolution; doubles at each level
+    base_channels: int = DEFAULT_CHANNELS  # width at full resolution; doubles at each level
     max_channels: int = 256  # width cap for the deep levels
     depth: int = 4  # number of stride-2 downsamplings; inputs are padded to a multiple of 2**depth
     attention_levels: tuple[int, ...] = (3, 4)  # levels (1 = half resolution) with self-attention
@@ -62,7 +67,7 @@ class DiscriminatorConfig:
     """Spectrally normalised Siamese encoder emitting a vector of length vec_len."""
 
     channels: int = 3
-    base_channels: int = 32
+    base_channels: int = DEFAULT_CHANNELS
     max_channels: int = 256
     depth: int = 4  # stride-2 downsamplings before global pooling
     attention_level: int = 2  # level with a self-attention block (0 = none)
@@ -293,7 +298,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def model_config_for(
-    *, size: int, channels: int = 32, depth: int = 4, vec_len: int = 128, rotation: bool = False, clusters: int = 0,
+    *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int = 128, rotation: bool = False, clusters: int = 0,
     siamese: str = "shared", padding: str = "zeros",
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings."""

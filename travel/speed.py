@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from travel import __version__
 from travel.augment import DiffAugment
-from travel.config import DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
+from travel.config import DEFAULT_CHANNELS, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
 from travel.errors import ConfigError
 from travel.inference import inference_layout, run_generator
 from travel.models import Generator
@@ -40,7 +40,7 @@ class SpeedSettings:
     warmup: int = 3  # untimed steps first (allocator, cuDNN autotuning, lazy init)
     device: str = "auto"
     precision: str = "auto"  # training autocast, as in `travel fit`; inference runs fp32 like Translator
-    channels: int = 32
+    channels: int = DEFAULT_CHANNELS
     depth: int = 4
     vec_len: int = 128
     siamese: str = "shared"
