@@ -11,13 +11,12 @@ Paired test sets only (testA/testB, same names).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 
 from travel.errors import TravelError
-from travel.evaluate import find_test_set, load_test_set
+from travel.evaluate import find_test_set, load_test_set, translate_all, write_report
 from travel.inference import Translator, resolve_checkpoint
 
 
@@ -44,15 +43,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if not 1 <= args.ring < args.size // 2:
+        parser.error(f"--ring must be in 1..{args.size // 2 - 1} for --size {args.size}")
     try:
         test_set = find_test_set(args.data)
         if not test_set.paired:
             raise TravelError(f"{args.data}: the test set is not paired (testA/testB with the same names)")
         source, target, _ = load_test_set(test_set, args.size)
         translator = Translator.from_pretrained(resolve_checkpoint(args.ckpt), device="cpu")
-        translation = torch.cat([
-            translator.translate_tensor(source[i:i + args.batch_size]) for i in range(0, len(source), args.batch_size)
-        ])
+        translation = translate_all(translator, source, batch_size=args.batch_size)
     except TravelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -64,9 +63,12 @@ def main() -> int:
     print(f"{'':12} {'ring L1':>8} {'interior L1':>12}")
     for name, row in rows.items():
         print(f"{name:12} {row['ring_l1']:8.4f} {row['interior_l1']:12.4f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"ckpt": args.ckpt, "data": args.data, "size": args.size, "ring": args.ring, "rows": rows}, f, indent=2)
+    if args.json:  # atomically, like travel eval's report
+        try:
+            write_report({"ckpt": args.ckpt, "data": args.data, "size": args.size, "ring": args.ring, "rows": rows}, args.json)
+        except TravelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

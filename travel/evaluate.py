@@ -221,6 +221,11 @@ def score(
     return rows
 
 
+def translate_all(translator: Translator, source: torch.Tensor, *, batch_size: int) -> torch.Tensor:
+    """[N, 3, S, S] in [-1, 1] -> their translations, `batch_size` images per forward pass."""
+    return torch.cat([translator.translate_tensor(source[i:i + batch_size]) for i in range(0, source.shape[0], batch_size)])
+
+
 def evaluate(
     ckpt: str | Path, data_dir: str | Path, *, settings: EvalSettings = EvalSettings(), say: MessageFn | None = None,
 ) -> dict[str, Any]:
@@ -238,9 +243,7 @@ def evaluate(
     say(f"loading {len(test_set.source)} source and {len(test_set.target)} target images at {size}px")
     source, target, skipped = load_test_set(test_set, size)
     say(f"translating {source.shape[0]} images")
-    translation = torch.cat([
-        translator.translate_tensor(source[i:i + settings.batch_size]) for i in range(0, source.shape[0], settings.batch_size)
-    ])  # [N, 3, S, S]
+    translation = translate_all(translator, source, batch_size=settings.batch_size)  # [N, 3, S, S]
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
     rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
                  inception=inception, say=say)
