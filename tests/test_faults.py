@@ -370,3 +370,61 @@ def test_sigkill_at_random_moments_loses_at_most_save_every_steps(tmp_path):
         for name, tensor in full[key].items():
             torch.testing.assert_close(part[key][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     assert [m["step"] for m in read_metrics(run)] == list(range(1, steps + 1))
+
+
+def test_skips_are_counted_on_the_device_and_reported_at_the_next_log_step(domains, tmp_path, monkeypatch):
+    config = tiny_fit_config(*domains, steps=8, log_every=4, save_every=8, sample_every=100)
+    poison(monkeypatch, "anchor_g_loss", lambda call: call in (1, 2))  # steps 2 and 3
+    messages: list[str] = []
+    fit(config, tmp_path / "run", message_fn=messages.append)
+    metrics = read_metrics(tmp_path / "run")
+    assert [(m["step"], m.get("skipped_steps", 0)) for m in metrics] == [(4, 2), (8, 0)]
+    assert [m for m in messages if "skipped" in m] == ["warning: 2 of steps 1-4 skipped (a loss or gradient was not finite)"]
+    # The averages leave the skipped steps out, so they stay finite.
+    assert all(math.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
+
+
+def test_a_run_of_bad_steps_between_log_steps_rolls_back_at_the_next_check(domains, tmp_path, monkeypatch):
+    config = tiny_fit_config(*domains, steps=12, log_every=4, save_every=4, sample_every=100)
+    poison(monkeypatch, "anchor_g_loss", lambda call: 4 <= call < 4 + BAD_STEPS_BEFORE_ROLLBACK)  # steps 5..9
+    messages: list[str] = []
+    result = fit(config, tmp_path / "run", message_fn=messages.append)
+    assert result.step == 12
+    events = [m for m in read_metrics(tmp_path / "run") if m.get("event") == "rollback"]
+    # Step 8's check sees 4 in a row and withholds its save (amid bad steps); the fifth comes at step 9 and is read
+    # at the next check, step 12, which goes back to the last good save, step 4.
+    assert [(e["step"], e["from_step"]) for e in events] == [(4, 12)]
+    assert any("5 bad steps in a row by step 12: rolled back to step 4" in m for m in messages)
+    assert all_finite(load_state(tmp_path / "run")["generator"])
+
+
+def test_a_skipped_update_leaves_weights_and_adam_state_alone_without_reading_the_flag():
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1, fused=True)
+    train_module._backward_step(net(torch.ones(1, 3)).sum(), opt, None)  # one good step: Adam has state
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state_before = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in net.parameters()}
+    skipped = train_module._backward_step(net(torch.ones(1, 3)).sum() * float("nan"), opt, None)
+    assert isinstance(skipped, torch.Tensor) and skipped.item() == 1.0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    for p in net.parameters():
+        assert all(torch.equal(state_before[id(p)][k], v) for k, v in opt.state[p].items())  # step count too
+    assert train_module._backward_step(net(torch.ones(1, 3)).sum(), opt, None).item() == 0.0
+    assert not torch.equal(before["weight"], net.weight)
+
+
+def test_an_unfused_optimizer_state_resumes_under_the_fused_optimizer():
+    # Runs saved before Adam was fused on the CPU carry foreach-style groups; they must step, and skip, fused.
+    torch.manual_seed(0)
+    old_net, new_net = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    new_net.load_state_dict(old_net.state_dict())
+    old = torch.optim.Adam(old_net.parameters(), lr=0.1)
+    train_module._backward_step(old_net(torch.ones(1, 3)).sum(), old, None)
+    new = torch.optim.Adam(new_net.parameters(), lr=0.1, fused=True)
+    new_net.load_state_dict(old_net.state_dict())
+    train_module.load_optimizer(new, old.state_dict())
+    assert new.param_groups[0]["fused"] is True
+    assert train_module._backward_step(new_net(torch.ones(1, 3)).sum() * float("inf"), new, None).item() == 1.0
+    assert train_module._backward_step(new_net(torch.ones(1, 3)).sum(), new, None).item() == 0.0
+    train_module._backward_step(old_net(torch.ones(1, 3)).sum(), old, None)
+    assert torch.allclose(old_net.weight, new_net.weight, atol=1e-6)  # the same second update

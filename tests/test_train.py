@@ -256,3 +256,43 @@ def test_truncate_metrics_drops_later_and_torn_lines(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
     truncate_metrics(tmp_path / "missing.jsonl", 3)  # nothing to do
     assert not (tmp_path / "missing.jsonl").exists()
+
+
+def test_training_steps_read_nothing_back_between_log_and_save_steps(domains, tmp_path, monkeypatch):
+    """Issue 7: no host-device sync inside a step except for logging. The CPU has no device to wait for, so watch for
+    what would wait on a GPU: a tensor read to the host (.item(), bool(), float(), .tolist(), ...) by travel's own
+    training code or the optimizer. Kornia samples its augmentation parameters on the CPU, and the data pipeline
+    works on host tensors before they go to the device; their reads are not syncs."""
+    import traceback
+
+    from torch.overrides import TorchFunctionMode
+
+    import travel.train as train_module
+
+    reads_names = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy"}
+    steps = 5
+    config = tiny_fit_config(*domains, steps=steps, log_every=steps, save_every=steps, sample_every=steps)
+    progressed, in_loop, reads = [0], [False], []
+
+    class Reads(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            # Steps 1 .. steps-1; the last step logs, samples and saves, and may read what it likes.
+            if name in reads_names and in_loop[0] and progressed[0] < steps - 1:
+                frame = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/overrides" not in f.filename)
+                path = frame.filename.replace("\\", "/")
+                if ("/travel/" in path and not path.endswith("travel/data.py")) or "/torch/optim/" in path:
+                    reads.append(f"{name} at {Path(path).name}:{frame.lineno}")
+            return func(*args, **(kwargs or {}))
+
+    real_d_step = train_module.discriminator_step
+
+    def d_step(*args, **kwargs):
+        in_loop[0] = True  # setup (building, loading, the first snapshot) may read
+        return real_d_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "discriminator_step", d_step)
+    with Reads():
+        fit(config, tmp_path / "run", progress_fn=lambda step, total, logged: progressed.__setitem__(0, step))
+    assert progressed[0] == steps
+    assert reads == []

@@ -25,7 +25,9 @@ from travel.errors import ConfigError
 from travel.inference import inference_layout, run_generator
 from travel.models import Generator
 from travel.runtime import precision_context, resolve_device
-from travel.train import accelerate, build_nets, discriminator_step, ema_step, generator_step, rotation_weight_at
+from travel.train import (
+    accelerate, build_nets, discriminator_step, ema_step, generator_step, make_optimizers, rotation_weight_at,
+)
 
 MessageFn = Callable[[str], None]
 
@@ -126,9 +128,7 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     tc = config.train
     memory_format = accelerate(nets, config, device, say)
     source, target = (t.contiguous(memory_format=memory_format) for t in (source, target))
-    params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
-    opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2))
-    opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2))
+    opt_g, opt_d = make_optimizers(nets, config, device)
     augment = DiffAugment() if config.data.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)
     step_counter = [0]

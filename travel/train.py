@@ -109,7 +109,7 @@ def discriminator_step(
 ) -> dict[str, torch.Tensor]:
     """One D update. With self-conditioning, `target_style` [B] holds the real targets' cluster ids.
 
-    terms["skipped"] is 1 when a gradient was not finite and the update was skipped.
+    terms["skipped"] is 1 (a 0-dim tensor on the device) when a gradient was not finite and the update was skipped.
     """
     loss_cfg = cfg.loss
     disc = nets.discriminator  # the plain module: trunk features and rotation head (gradients still reduced)
@@ -143,7 +143,7 @@ def discriminator_step(
         terms["r1"] = r1_penalty(anchor_distance(real_emb, real_anchor), real_in)
         total = total + 0.5 * loss_cfg.r1_gamma * terms["r1"]
     terms["d_total"] = total
-    terms["skipped"] = torch.tensor(float(not _backward_step(total, opt_d, scaler)))
+    terms["skipped"] = _backward_step(total, opt_d, scaler)
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -154,7 +154,7 @@ def generator_step(
 ) -> dict[str, torch.Tensor]:
     """One G (and separate S) update. With self-conditioning, translations are asked for drawn clusters.
 
-    terms["skipped"] is 1 when a gradient was not finite and the update was skipped.
+    terms["skipped"] is 1 (a 0-dim tensor on the device) when a gradient was not finite and the update was skipped.
     """
     loss_cfg = cfg.loss
     # D is frozen here and called as the plain module, never through DDP: no D gradient is wanted, so there is
@@ -184,7 +184,7 @@ def generator_step(
             terms["rot_g"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
             total = total + rotation_weight * terms["rot_g"]
     terms["g_total"] = total
-    terms["skipped"] = torch.tensor(float(not _backward_step(total, opt_g, scaler)))
+    terms["skipped"] = _backward_step(total, opt_g, scaler)
     return {k: v.detach() for k, v in terms.items()}
 
 
@@ -275,24 +275,58 @@ def rotation_weight_at(cfg: FitConfig, step: int) -> float:
     return alpha
 
 
-def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> bool:
-    """Backward and update; False, with the weights and optimizer state untouched, if a gradient is not finite.
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> torch.Tensor:
+    """Backward and update. Returns a 0-dim float tensor on the loss's device: 1 when a gradient was not finite and
+    the update was skipped (weights and optimizer state untouched), else 0.
 
-    The gradients are the ones DDP averaged, so every rank takes the same decision. Reading the flag costs one
-    host-device sync per update on a GPU; fp16's GradScaler makes the same check (and skip) itself.
+    Nothing is read back to the host: fused Adam (make_optimizers) takes the flag as `found_inf` and skips on the
+    device, as it does for the fp16 GradScaler, whose own overflow skips are routine while its scale settles and are
+    not counted here. Only an optimizer without the fused kernel gets the flag by one host-device sync. The gradients
+    are the ones DDP averaged, so every rank takes the same decision.
     """
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        return True
+        return torch.zeros((), device=loss.device)
     loss.backward()
-    if not all_finite([p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]):
-        opt.zero_grad(set_to_none=True)
-        return False
-    opt.step()
-    return True
+    found_inf = non_finite([p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None], loss.device)
+    if opt.param_groups[0].get("fused"):
+        opt.found_inf = found_inf  # type: ignore[attr-defined]  # read by Adam.step, as GradScaler passes it
+        try:
+            opt.step()
+        finally:
+            del opt.found_inf  # type: ignore[attr-defined]
+    elif not found_inf.item():
+        opt.step()
+    return found_inf
+
+
+def make_optimizers(nets: Nets, config: FitConfig, device: torch.device) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """TTUR: Adam for G (and a separate S) at lr_g, for D at lr_d. Fused where the device has the kernel (CPU, CUDA):
+    one kernel per update, and it applies a non-finite step's skip on the device."""
+    tc = config.train
+    params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
+    groups = ((params_g, tc.lr_g), (list(nets.discriminator.parameters()), tc.lr_d))
+    try:
+        opt_g, opt_d = (torch.optim.Adam(p, lr=lr, betas=(tc.beta1, tc.beta2), fused=True) for p, lr in groups)
+    except RuntimeError:  # a device without fused Adam
+        opt_g, opt_d = (torch.optim.Adam(p, lr=lr, betas=(tc.beta1, tc.beta2)) for p, lr in groups)
+    return opt_g, opt_d
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load a saved optimizer state, but step the way this machine steps: a state saved by the unfused optimizer
+    (an older version, or a device without the kernel) is stepped by the fused one here, and the other way round."""
+    fused = opt.param_groups[0].get("fused")
+    opt.load_state_dict(saved)
+    for group in opt.param_groups:
+        group["fused"] = fused
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            if fused and "step" in state:  # the fused kernel keeps its step counts beside the weights, in float32
+                state["step"] = state["step"].to(param.device, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +351,9 @@ def fit(
     so is a run_dir another process is training in (a lock the OS releases when that process ends).
     Hooks: progress_fn after every step, abort_fn to stop early (state is saved), message_fn for warnings.
 
-    A step whose gradients are not finite is skipped; after BAD_STEPS_BEFORE_ROLLBACK of them in a row, training
-    goes back to the last saved state with both learning rates halved (at most MAX_ROLLBACKS times).
+    A step whose gradients are not finite is skipped; after BAD_STEPS_BEFORE_ROLLBACK of them in a row (counted on
+    the device, read at the next log or save step), training goes back to the last saved state with both learning
+    rates halved (at most MAX_ROLLBACKS times).
 
     Under torchrun (RANK, WORLD_SIZE, ... in the environment) every process runs fit: DDP averages the
     gradients, each rank draws its own batches, and rank 0 alone writes files and calls progress_fn and
@@ -363,11 +398,7 @@ def _fit(
     random.seed(tc.seed)
     nets = build_nets(config, device)
     memory_format = accelerate(nets, config, device, say)
-    params_g = list(nets.generator.parameters()) + (list(nets.siamese.parameters()) if nets.siamese else [])
-    # Fused Adam on GPUs: one kernel per step, and it applies the fp16 GradScaler's skip without a host sync.
-    fused = True if device.type == "cuda" else None
-    opt_g = torch.optim.Adam(params_g, lr=tc.lr_g, betas=(tc.beta1, tc.beta2), fused=fused)
-    opt_d = torch.optim.Adam(nets.discriminator.parameters(), lr=tc.lr_d, betas=(tc.beta1, tc.beta2), fused=fused)
+    opt_g, opt_d = make_optimizers(nets, config, device)
     augment = DiffAugment() if dc.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
     styles = make_styles(config, len(target), device)
@@ -409,7 +440,8 @@ def _fit(
     weights_path = run_dir / f"{config.name}.safetensors"
     running: dict[str, torch.Tensor] = {}
     logged: dict[str, float] = {}
-    count = skipped = bad_streak = rollbacks = 0
+    count = rollbacks = 0
+    skipped = streak = longest = torch.zeros((), device=device)  # steps skipped since the last log; in a row; most in a row
     step = start
     t0 = time.perf_counter()
     t_log, step_log = t0, start
@@ -460,79 +492,86 @@ def _fit(
                     styles = share_styles(styles, world, device)
                 target_style = styles.labels[target_index.to(device, non_blocking=True)]
 
-            bad = False
+            bad = torch.zeros((), device=device)  # 1 if an update of this step was skipped
             for _ in range(tc.d_steps):
                 d_terms = discriminator_step(
                     nets, opt_d, source_batch, target_batch, cfg=config, anchor=anchor, augment=augment,
                     autocast=autocast, scaler=scaler, target_style=target_style, styles=styles,
                 )
-                bad |= bool(d_terms.pop("skipped"))
+                bad = torch.maximum(bad, d_terms.pop("skipped"))
             nets.discriminator.requires_grad_(False)
             g_terms = generator_step(
                 nets, opt_g, source_batch, cfg=config, anchor=anchor, augment=augment, autocast=autocast,
                 scaler=scaler, rotation_weight=rotation_weight_at(config, step), styles=styles,
             )
             nets.discriminator.requires_grad_(True)
-            bad |= bool(g_terms.pop("skipped"))
+            bad = torch.maximum(bad, g_terms.pop("skipped"))
             ema_step(nets.ema, nets.generator, beta=tc.ema_beta, step=step)
             step += 1
 
-            # Non-finite gradients: that update was skipped. Many in a row: back to the last saved state, slower.
-            bad_streak = bad_streak + 1 if bad else 0
+            # Non-finite gradients: that update was skipped. The tallies stay on the device and are read at log and
+            # save steps only, so a GPU never waits for the host inside a step. A skipped step's terms are left out of
+            # the averages.
+            skipped, streak = skipped + bad, (streak + 1) * bad
+            longest = torch.maximum(longest, streak)
+            for key, value in {**d_terms, **g_terms}.items():
+                running[key] = running.get(key, 0.0) + torch.where(bad > 0, 0.0, value)
+            count = count + 1 - bad
+            at_log = step % tc.log_every == 0 or step == tc.steps
             at_save = step % tc.save_every == 0 or step == tc.steps
-            if bad:
-                skipped += 1
-                say(f"warning: step {step} skipped (a loss or gradient was not finite)")
-            if at_save and not weights_finite(nets):
-                bad_streak = BAD_STEPS_BEFORE_ROLLBACK  # never save them: roll back now
-            if bad_streak >= BAD_STEPS_BEFORE_ROLLBACK:
-                rollbacks += 1
-                if rollbacks > MAX_ROLLBACKS:
-                    raise TravelError(
-                        f"training diverged at step {step}: non-finite gradients even after {MAX_ROLLBACKS} rollbacks "
-                        f"with lower learning rates; the last good state (step {good['step']}) is kept; try lower --lr-g/--lr-d"
+            streak_now = 0
+            if at_log or at_save:
+                streak_now, longest_now = (int(v) for v in torch.stack([streak, longest]).tolist())
+                if at_save and not weights_finite(nets):
+                    longest_now = BAD_STEPS_BEFORE_ROLLBACK  # never save them: roll back now
+                if longest_now >= BAD_STEPS_BEFORE_ROLLBACK:  # many in a row: back to the last saved state, slower
+                    rollbacks += 1
+                    if rollbacks > MAX_ROLLBACKS:
+                        raise TravelError(
+                            f"training diverged at step {step}: non-finite gradients even after {MAX_ROLLBACKS} rollbacks "
+                            f"with lower learning rates; the last good state (step {good['step']}) is kept; try lower --lr-g/--lr-d"
+                        )
+                    lr_scale *= 0.5
+                    restore(good, nets, opt_g, opt_d)
+                    if "styles" in good:
+                        styles = restore_styles(good, styles, device)
+                    for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
+                        for group in opt.param_groups:
+                            group["lr"] = lr * lr_scale
+                    failed_at, step = step, int(good["step"])
+                    say(
+                        f"warning: {longest_now} bad steps in a row by step {failed_at}: rolled back to step {step} "
+                        f"with learning rates halved (lr_g {tc.lr_g * lr_scale:.3g}, lr_d {tc.lr_d * lr_scale:.3g})"
                     )
-                lr_scale *= 0.5
-                restore(good, nets, opt_g, opt_d)
-                if "styles" in good:
-                    styles = restore_styles(good, styles, device)
-                for opt, lr in ((opt_g, tc.lr_g), (opt_d, tc.lr_d)):
-                    for group in opt.param_groups:
-                        group["lr"] = lr * lr_scale
-                failed_at, step = step, int(good["step"])
-                say(
-                    f"warning: {bad_streak} bad steps in a row at step {failed_at}: rolled back to step {step} "
-                    f"with learning rates halved (lr_g {tc.lr_g * lr_scale:.3g}, lr_d {tc.lr_d * lr_scale:.3g})"
-                )
-                if world.is_main:
-                    truncate_metrics(metrics_path, step)
-                    append_jsonl(metrics_path, {"step": step, "event": "rollback", "from_step": failed_at,
-                                                "lr_g": tc.lr_g * lr_scale, "lr_d": tc.lr_d * lr_scale})
-                bad_streak, running, count, skipped, t_log, step_log = 0, {}, 0, 0, time.perf_counter(), step
-                batches = batches_from(step)
-                continue
-
-            if not bad:
-                for key, value in {**d_terms, **g_terms}.items():
-                    running[key] = running.get(key, 0.0) + value  # stays on the device: no sync until logging
-                count += 1
-            if step % tc.log_every == 0 or step == tc.steps:
+                    if world.is_main:
+                        truncate_metrics(metrics_path, step)
+                        append_jsonl(metrics_path, {"step": step, "event": "rollback", "from_step": failed_at,
+                                                    "lr_g": tc.lr_g * lr_scale, "lr_d": tc.lr_d * lr_scale})
+                    running, count, t_log, step_log = {}, 0, time.perf_counter(), step
+                    skipped = streak = longest = torch.zeros((), device=device)
+                    batches = batches_from(step)
+                    continue
+            if at_log:
                 now = time.perf_counter()
                 running = average(running, world)  # the mean over ranks: one all-reduce, at log steps only
-                logged = {k: float(v) / max(count, 1) for k, v in running.items()}
+                kept, skipped_now = float(count), int(skipped)  # every rank skips the same steps (averaged gradients)
+                logged = {k: float(v) / max(kept, 1) for k, v in running.items()}
                 logged["images_per_s"] = (step - step_log) * tc.batch_size * world.size / max(now - t_log, 1e-9)
-                if skipped:
-                    logged["skipped_steps"] = skipped
+                if skipped_now:
+                    logged["skipped_steps"] = skipped_now
+                    which = f"step {step}" if step - step_log == 1 else f"{skipped_now} of steps {step_log + 1}-{step}"
+                    say(f"warning: {which} skipped (a loss or gradient was not finite)")
                 if world.is_main:
                     append_jsonl(metrics_path, {"step": step, "time": round(elapsed_before + now - t0, 3), **logged})
-                running, count, skipped, t_log, step_log = {}, 0, 0, now, step
+                running, count, t_log, step_log = {}, 0, now, step
+                skipped = torch.zeros((), device=device)
                 if not all(math.isfinite(v) for v in logged.values()):  # the same averages, so every rank stops
                     if world.is_main:
                         save_samples(run_dir, nets.ema, fixed, step, styles=styles)
                     raise TravelError(f"training diverged at step {step} (non-finite loss); lower the learning rates")
             if world.is_main and (step % tc.sample_every == 0 or step == tc.steps):
                 save_samples(run_dir, nets.ema, fixed, step, styles=styles)
-            if at_save and (bad_streak == 0 or step == tc.steps):  # amid bad steps, keep the earlier good state
+            if at_save and (streak_now == 0 or step == tc.steps):  # amid bad steps, keep the earlier good state
                 good = copy.deepcopy(take_snapshot(step))
                 if world.is_main:
                     save(good)
@@ -563,8 +602,16 @@ def weights_finite(nets: Nets) -> bool:
 
 
 def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """Whether no entry of any tensor is NaN or Inf: one fused norm per tensor, one host-device sync in all."""
-    return not tensors or bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum()))
+    """Whether no entry of any tensor is NaN or Inf: one host-device sync in all."""
+    return not tensors or not non_finite(tensors, tensors[0].device).item()
+
+
+def non_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """1.0 if an entry of any tensor is NaN or Inf, else 0.0: a 0-dim float32 tensor on `device`, computed there
+    (one fused norm per tensor) without waiting for it."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    return (~torch.isfinite(torch.stack(torch._foreach_norm(tensors)).sum())).float()
 
 
 def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int | None = None,
@@ -681,8 +728,8 @@ def restore(state: dict[str, Any], nets: Nets, opt_g: torch.optim.Optimizer, opt
         nets.ema.load_state_dict(state["ema"])
         if nets.siamese is not None:
             nets.siamese.load_state_dict(state["siamese"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+        load_optimizer(opt_g, state["opt_g"])
+        load_optimizer(opt_d, state["opt_d"])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"resume state does not fit this model ({str(exc).splitlines()[0]})") from None
     torch.set_rng_state(state["rng_cpu"])
