@@ -78,6 +78,12 @@ def test_saved_configs_without_padding_mean_zeros():
     data = to_dict(GeneratorConfig(padding="replicate"))
     del data["padding"]
     assert from_dict(GeneratorConfig, data).padding == "zeros"
+    assert from_dict(GeneratorConfig, data | {"padding": "replicate"}).padding == "replicate"
+    # New configs (the default) use replicate padding; a whole saved run config without the key still means zeros.
+    assert GeneratorConfig().padding == "replicate"
+    saved = to_dict(FitConfig())
+    del saved["model"]["generator"]["padding"]
+    assert from_dict(FitConfig, saved).model.generator.padding == "zeros"
     with pytest.raises(ConfigError, match="padding"):
         GeneratorConfig(padding="reflect")
 

@@ -39,7 +39,7 @@ def _without_attention(config: FitConfig) -> FitConfig:
 def test_bench_config_mirrors_fit_defaults():
     config = bench_config(SpeedSettings())
     g, d = config.model.generator, config.model.discriminator
-    assert (g.base_channels, g.depth, g.attention_levels) == (16, 4, (2, 3, 4))
+    assert (g.base_channels, g.depth, g.attention_levels, g.padding) == (16, 4, (2, 3, 4), "replicate")
     assert (d.base_channels, d.depth, d.attention_level, d.vec_len) == (16, 4, 2, 128)
     assert config.train.batch_size == 4 and config.data.crop_size == 128 and config.data.augment
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from travel import DEFAULT_CHECKPOINT
-from travel.config import DEFAULT_CHANNELS
+from travel.config import DEFAULT_CHANNELS, DEFAULT_PADDING
 from travel.errors import TravelError
 
 app = typer.Typer(
@@ -68,7 +68,7 @@ def fit(
     siamese: str = typer.Option("shared", "--siamese", help="shared: S is the discriminator; separate: S is its own network."),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
-    padding: str = typer.Option("zeros", "--padding", help="Generator border padding: zeros or replicate."),
+    padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding: replicate or zeros (lets G paint frames)."),
     travel_weight: float = typer.Option(10.0, "--travel-weight", help="Weight of the TraVeL content loss."),
     r1: float = typer.Option(0.0, "--r1", help="R1 gradient penalty weight on real images (0 = off)."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Self-supervised rotation loss (SS-GAN)."),
@@ -506,6 +506,7 @@ def bench_speed(
     depth: int = typer.Option(4, "--depth", help="Downsamplings, as in travel fit."),
     vec_len: int = typer.Option(128, "--vec-len", help="Discriminator vector length."),
     siamese: str = typer.Option("shared", "--siamese", help="shared or separate, as in travel fit."),
+    padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding, as in travel fit."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Include the SS-GAN rotation loss."),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="Train in NHWC, as travel fit --channels-last."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the trained networks, as travel fit --compile."),
@@ -529,7 +530,7 @@ def bench_speed(
         torch.set_num_threads(threads)
     settings = SpeedSettings(
         size=size, batch_size=batch_size, steps=steps, warmup=warmup, device=device, precision=precision, channels=channels,
-        depth=depth, vec_len=vec_len, siamese=siamese, rotation=rotation, matmul_size=matmul_size,
+        depth=depth, vec_len=vec_len, siamese=siamese, padding=padding, rotation=rotation, matmul_size=matmul_size,
         channels_last=channels_last, compile=compile, profile=profile,
     )
     report = run_speed(settings, say=lambda message: typer.echo(f"measuring {message}", err=True))

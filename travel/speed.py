@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from travel import __version__
 from travel.augment import DiffAugment
-from travel.config import DEFAULT_CHANNELS, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
+from travel.config import DEFAULT_CHANNELS, DEFAULT_PADDING, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
 from travel.errors import ConfigError
 from travel.inference import inference_layout, run_generator
 from travel.models import Generator
@@ -46,6 +46,7 @@ class SpeedSettings:
     depth: int = 4
     vec_len: int = 128
     siamese: str = "shared"
+    padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
     rotation: bool = False
     augment: bool = True
     channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
@@ -67,7 +68,8 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
     """The FitConfig `travel fit` would build from the same flags (its defaults otherwise)."""
     s = settings
     model = model_config_for(
-        size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese
+        size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
+        padding=s.padding,
     )
     return FitConfig(
         name="bench",
