@@ -70,8 +70,16 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """Spectrally normalised Siamese encoder emitting a vector of length vec_len."""
+    """Spectrally normalised Siamese encoder emitting a vector of length vec_len (one per patch and scale when projected).
 
+    Two families: `scratch` (travel.models.Discriminator: a small SN encoder trained from scratch, one vector per
+    image) and `projected` (travel.projected: frozen ImageNet EfficientNet-Lite0 features, trainable SN heads at 4
+    scales emitting a vector per patch). base_channels, max_channels, depth and attention_level shape the scratch
+    encoder only; resolution and head_channels the projected heads only.
+    """
+
+    # A saved config without this key predates the projected family and was a scratch discriminator.
+    family: Literal["scratch", "projected"] = field(default="scratch", metadata={"absent": "scratch"})  # type: ignore[assignment]
     channels: int = 3
     base_channels: int = DEFAULT_CHANNELS
     max_channels: int = 256
@@ -79,8 +87,14 @@ class DiscriminatorConfig:
     attention_level: int = 2  # level with a self-attention block (0 = none)
     vec_len: int = 128  # length of the emitted vector (L in DESIGN.md)
     rotation_head: bool = False  # 4-way rotation classifier on the pooled features (SS-GAN)
+    resolution: int = 128  # projected: images are resized to this side before the backbone (64 px reads far better at 128)
+    head_channels: int = 64  # projected: width of each scale's 3x3 head convolution
 
     def __post_init__(self) -> None:
+        _check(self.family in ("scratch", "projected"), f"discriminator family must be scratch or projected, got {self.family!r}")
+        _check(self.resolution >= 32 and self.resolution % 32 == 0,
+               f"projected resolution must be a multiple of 32 (the backbone's stride), got {self.resolution}")
+        _check(self.head_channels >= 1, "head_channels must be >= 1")
         _check(self.channels in (1, 3), f"discriminator channels must be 1 or 3, got {self.channels}")
         _check(self.base_channels >= 4, "discriminator base_channels must be >= 4")
         _check(self.max_channels >= self.base_channels, "discriminator max_channels must be >= base_channels")
@@ -306,17 +320,48 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """The settings `travel fit` uses for a discriminator family when the user does not give them."""
+
+    vec_len: int  # length of each emitted vector
+    siamese: str  # where S lives
+    travel: float  # lambda_travel
+    lr_g: float  # generator learning rate (lr_d stays 4e-4 for both)
+
+
+FAMILY_DEFAULTS = {
+    "scratch": FamilyDefaults(vec_len=128, siamese="shared", travel=10.0, lr_g=1e-4),
+    # The prototype's (shared/notes/projected-prototype.md): TraVeL at today's weight 10 pins G to the identity on
+    # pretrained features, 0.1-0.2 kept the characters while the brush style arrived; one vector of 32 per patch;
+    # S a separate linear head on the frozen features. docs/BENCHMARKS.md has the measured climb from there.
+    "projected": FamilyDefaults(vec_len=32, siamese="separate", travel=0.2, lr_g=2e-4),
+}
+
+
+def projected_resolution_for(size: int) -> int:
+    """The side images are resized to before the backbone: at least 128 (64 px reads far better upsampled), else
+    the crop rounded up to the backbone's stride of 32."""
+    return max(128, -(-size // 32) * 32)
+
+
 def model_config_for(
-    *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int = 128, rotation: bool = False, clusters: int = 0,
-    siamese: str = "shared", padding: str = DEFAULT_PADDING,
+    *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
+    clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "scratch",
+    head_channels: int = 64,
 ) -> ModelConfig:
-    """The architecture `travel fit` builds for a training crop of `size` from its command-line settings."""
+    """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
+    vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""
+    _check(disc in FAMILY_DEFAULTS, f"--disc must be one of {sorted(FAMILY_DEFAULTS)}, got {disc!r}")
+    family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
         padding=padding,
     )
     discriminator = DiscriminatorConfig(
+        family=disc,  # type: ignore[arg-type]
         base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
-        vec_len=vec_len, rotation_head=rotation,
+        vec_len=vec_len if vec_len is not None else family.vec_len, rotation_head=rotation,
+        resolution=projected_resolution_for(size), head_channels=head_channels,
     )
-    return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese)  # type: ignore[arg-type]
+    return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese or family.siamese)  # type: ignore[arg-type]

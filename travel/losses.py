@@ -7,8 +7,32 @@ import torch.nn.functional as F
 
 
 def anchor_distance(embedding: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """d(x) = ||D(x) - c||^2 / L. embedding: [N, L]; anchor: [L] or [N, L] (one anchor per sample). Returns [N]."""
+    """d(x) = ||D(x) - c||^2 / L, per image or per patch.
+
+    embedding: [N, L] (one vector per image) or [N, P, L] (one per patch); anchor: [L] or [N, L] (one per sample).
+    Returns [N] or [N, P].
+    """
+    if embedding.ndim == 3 and anchor.ndim == 2:
+        anchor = anchor[:, None, :]  # a sample's anchor serves every one of its patches
     return (embedding - anchor).pow(2).mean(dim=-1)
+
+
+def per_image(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-patch values [N, P] -> [N]: weighted by `weights` [P] (summing to 1; the projected discriminator's give
+    every scale the same share), or the plain mean without. Per-image values [N] are returned as they are."""
+    if values.ndim == 1:
+        return values
+    return (values * weights).sum(dim=-1) if weights is not None else values.mean(dim=-1)
+
+
+def pooled_embedding(embedding: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per image for the TraVeL and margin losses: [N, L] as it is; [N, P, L] -> the patches' weighted
+    mean [N, L] (with the projected weights: the mean over scales of each scale's mean vector)."""
+    if embedding.ndim == 2:
+        return embedding
+    if weights is None:
+        return embedding.mean(dim=1)
+    return (embedding * weights[:, None]).sum(dim=1)
 
 
 def anchor_d_loss(
@@ -18,21 +42,25 @@ def anchor_d_loss(
     *,
     margin: float,
     fake_anchor: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Discriminator realism loss: real targets pulled to the anchor, translations pushed past the margin.
 
-    real, fake: [N, L] embeddings; anchor: [L] or per-sample [N, L].
+    real, fake: [N, L] embeddings, or [N, P, L] with one vector per patch: then every patch is pulled or pushed on
+    its own (the hinge per patch) and the per-patch terms are averaged with `weights` [P] (see per_image).
+    anchor: [L] or per-sample [N, L].
     fake_anchor: the anchors the fakes are pushed off, when they differ from the reals' (self-conditioning: one
     anchor per cluster, reals at their cluster's anchor, fakes at the anchor of the cluster they were asked for).
     """
-    real_term = anchor_distance(real, anchor).mean()
-    fake_term = F.relu(margin - anchor_distance(fake, anchor if fake_anchor is None else fake_anchor)).mean()
+    real_term = per_image(anchor_distance(real, anchor), weights).mean()
+    fake_distance = anchor_distance(fake, anchor if fake_anchor is None else fake_anchor)
+    fake_term = per_image(F.relu(margin - fake_distance), weights).mean()
     return {"d_real": real_term, "d_fake": fake_term}
 
 
-def anchor_g_loss(fake: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """Generator realism loss: pull translations onto the anchor."""
-    return anchor_distance(fake, anchor).mean()
+def anchor_g_loss(fake: torch.Tensor, anchor: torch.Tensor, *, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator realism loss: pull translations (every patch of them, when per patch) onto the anchor."""
+    return per_image(anchor_distance(fake, anchor), weights).mean()
 
 
 def triplet_d_loss(real: torch.Tensor, fake: torch.Tensor, anchor: torch.Tensor, *, margin: float) -> torch.Tensor:

@@ -190,7 +190,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class Discriminator(nn.Module):
-    """Siamese encoder: image -> vector in R^vec_len. Every weight layer is spectrally normalised."""
+    """Siamese encoder: image -> vector in R^vec_len. Every weight layer is spectrally normalised.
+
+    The scratch family. travel.projected holds the other (frozen pretrained features); both offer forward,
+    patch_weights, features and rotation_logits, and the training loop uses nothing else.
+    """
+
+    patch_weights = None  # one vector per image, not per patch
 
     def __init__(self, cfg: DiscriminatorConfig) -> None:
         super().__init__()
@@ -229,8 +235,28 @@ def build_generator(cfg: GeneratorConfig) -> Generator:
     return Generator(cfg)
 
 
-def build_discriminator(cfg: DiscriminatorConfig) -> Discriminator:
-    return Discriminator(cfg)
+def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
+    """The discriminator of cfg.family. The projected family is imported here only, so that translation, the demo and
+    ONNX export (which need generators alone) never import timm."""
+    if cfg.family == "scratch":
+        return Discriminator(cfg)
+    if cfg.family == "projected":
+        from travel.projected import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(cfg)
+    raise ValueError(f"unknown discriminator family {cfg.family!r}")
+
+
+def build_siamese(cfg: DiscriminatorConfig) -> nn.Module:
+    """The separate Siamese embedding S of cfg.family (siamese = "separate"): a second scratch encoder with its own
+    weights, or for the projected family an SN linear head on the frozen backbone's pooled features."""
+    if cfg.family == "scratch":
+        return Discriminator(cfg)
+    if cfg.family == "projected":
+        from travel.projected import ProjectedEmbedding
+
+        return ProjectedEmbedding(cfg)
+    raise ValueError(f"unknown discriminator family {cfg.family!r}")
 
 
 def _divisor_at_most(channels: int, groups: int) -> int:

@@ -31,8 +31,11 @@ from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_json
 from travel.data import ImageFolder, UnpairedBatches, resolve_domains, tensor_to_image
 from travel.distributed import World, any_rank, average, broadcast, join, leave, reseed, wrap
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
-from travel.losses import anchor_d_loss, anchor_g_loss, anchor_distance, margin_loss, r1_penalty, rotation_loss, travel_loss
-from travel.models import Discriminator, Generator, build_discriminator, build_generator
+from travel.losses import (
+    anchor_d_loss, anchor_distance, anchor_g_loss, margin_loss, per_image, pooled_embedding, r1_penalty, rotation_loss,
+    travel_loss,
+)
+from travel.models import Generator, build_discriminator, build_generator, build_siamese
 from travel.runtime import precision_context, resolve_device
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]  # (step, total steps, latest logged metrics)
@@ -57,8 +60,10 @@ class FitResult:
 @dataclass
 class Nets:
     generator: Generator
-    discriminator: Discriminator
-    siamese: Discriminator | None  # the separate S network, or None when S is D itself
+    # Either family (travel.models.Discriminator, travel.projected.ProjectedDiscriminator): forward gives [N, L] or
+    # [N, P, L] vectors, patch_weights None or [P]; the steps below use only that interface.
+    discriminator: nn.Module
+    siamese: nn.Module | None  # the separate S network, or None when S is D itself
     ema: Generator
     # With several processes: each network the steps update, wrapped in DistributedDataParallel (which
     # averages its gradients over ranks). A step calls the wrapper for the forwards whose gradient updates
@@ -68,7 +73,7 @@ class Nets:
     ddp_siamese: nn.Module | None = None
 
     @property
-    def embed(self) -> Discriminator:
+    def embed(self) -> nn.Module:
         """S: the network whose difference vectors the TraVeL loss compares."""
         return self.siamese if self.siamese is not None else self.discriminator
 
@@ -125,12 +130,14 @@ def discriminator_step(
         real_in, fake_in = augment(target), augment(translation)
         if loss_cfg.r1_gamma > 0:
             real_in = real_in.detach().requires_grad_(True)
-        real_emb, fake_emb = judge(real_in).float(), judge(fake_in).float()
-        terms = anchor_d_loss(real_emb, fake_emb, real_anchor, margin=loss_cfg.anchor_margin, fake_anchor=fake_anchor)
+        real_emb, fake_emb = judge(real_in).float(), judge(fake_in).float()  # [B, L] or [B, P, L] per patch
+        terms = anchor_d_loss(real_emb, fake_emb, real_anchor, margin=loss_cfg.anchor_margin, fake_anchor=fake_anchor,
+                              weights=disc.patch_weights)
         total = loss_cfg.adv * (terms["d_real"] + terms["d_fake"])
         if cfg.model.siamese == "shared":
             # Cooperative terms: D is also the Siamese embedding S, trained to make vectors comparable.
-            src_emb, trans_emb = judge(source).float(), judge(translation).float()
+            src_emb = pooled_embedding(judge(source).float(), disc.patch_weights)  # [B, L]
+            trans_emb = pooled_embedding(judge(translation).float(), disc.patch_weights)
             travel = travel_loss(src_emb, trans_emb, dist_weight=loss_cfg.dist)
             terms.update(travel)
             terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
@@ -140,7 +147,7 @@ def discriminator_step(
             terms["rot_d"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
             total = total + loss_cfg.rotation_d * terms["rot_d"]
     if loss_cfg.r1_gamma > 0:
-        terms["r1"] = r1_penalty(anchor_distance(real_emb, real_anchor), real_in)
+        terms["r1"] = r1_penalty(per_image(anchor_distance(real_emb, real_anchor), disc.patch_weights), real_in)
         total = total + 0.5 * loss_cfg.r1_gamma * terms["r1"]
     terms["d_total"] = total
     terms["skipped"] = _backward_step(total, opt_d, scaler)
@@ -167,14 +174,16 @@ def generator_step(
     fake_anchor = styles.anchors[style] if styles is not None else anchor
     with autocast():
         translation = generator(source, style)
-        terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), fake_anchor)}
+        terms = {"g_adv": anchor_g_loss(disc(augment(translation)).float(), fake_anchor, weights=disc.patch_weights)}
+        embed_weights = nets.embed.patch_weights
         if nets.siamese is None:
-            with torch.no_grad():
-                src_emb = embed(source).float()  # S = D is not updated here, and S(source) does not depend on G
+            with torch.no_grad():  # S = D is not updated here, and S(source) does not depend on G
+                src_emb = pooled_embedding(embed(source).float(), embed_weights)
         else:
-            src_emb = embed(source).float()
+            src_emb = pooled_embedding(embed(source).float(), embed_weights)
             terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
-        travel = travel_loss(src_emb, embed(translation).float(), dist_weight=loss_cfg.dist)
+        trans_emb = pooled_embedding(embed(translation).float(), embed_weights)
+        travel = travel_loss(src_emb, trans_emb, dist_weight=loss_cfg.dist)
         terms.update({f"g_{k}": v for k, v in travel.items()})
         total = loss_cfg.adv * terms["g_adv"] + loss_cfg.travel * (travel["travel_cos"] + travel["travel_dist"])
         if "margin" in terms:
@@ -199,7 +208,7 @@ def ema_step(ema: nn.Module, generator: nn.Module, *, beta: float, step: int) ->
 
 
 @torch.no_grad()
-def embed_targets(disc: Discriminator, target: ImageFolder, indices: torch.Tensor, device: torch.device,
+def embed_targets(disc: nn.Module, target: ImageFolder, indices: torch.Tensor, device: torch.device,
                   *, batch: int = 64) -> torch.Tensor:
     """D's pooled trunk features of the centre crops of target images `indices`, L2-normalised: [M, F]."""
     chunks = []
@@ -209,7 +218,7 @@ def embed_targets(disc: Discriminator, target: ImageFolder, indices: torch.Tenso
     return torch.cat(chunks)
 
 
-def update_styles(styles: Styles, disc: Discriminator, target: ImageFolder, device: torch.device, *, seed: int) -> Styles:
+def update_styles(styles: Styles, disc: nn.Module, target: ImageFolder, device: torch.device, *, seed: int) -> Styles:
     """Recluster the subset (k-means++ first, warm start and Hungarian-matched ids after), relabel every image."""
     k = styles.anchors.shape[0]
     everything = torch.arange(len(target))
@@ -460,6 +469,7 @@ def _fit(
         summary = {
             "steps": step, "batch_size": tc.batch_size, "images_seen": step * tc.batch_size * world.size,
             "train_seconds": round(state["elapsed"], 1), "device": str(device), "siamese": config.model.siamese,
+            "discriminator": config.model.discriminator.family,
             "source_images": len(source), "target_images": len(target),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "metrics": logged,
         }
@@ -638,7 +648,7 @@ def resume_config(run_dir: str | Path, *, steps: int | None = None, workers: int
 def build_nets(config: FitConfig, device: torch.device) -> Nets:
     generator = build_generator(config.model.generator).to(device)
     discriminator = build_discriminator(config.model.discriminator).to(device)
-    siamese = build_discriminator(config.model.discriminator).to(device) if config.model.siamese == "separate" else None
+    siamese = build_siamese(config.model.discriminator).to(device) if config.model.siamese == "separate" else None
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
     return Nets(generator, discriminator, siamese, ema)
 

@@ -1,0 +1,241 @@
+"""The projected discriminator: the frozen ImageNet backbone (mapping, real photos, frozen during fits), per-patch losses,
+resume, the known-answer learning test, bad backbone files, and translation that never imports timm."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import draw_shapes, tiny_fit_config
+from travel import backbone
+from travel.checkpoint import load_state, load_weights
+from travel.cli import app
+from travel.config import DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, LossConfig, ModelConfig, TrainConfig
+from travel.data import image_to_tensor
+from travel.losses import anchor_d_loss, anchor_g_loss, per_image, pooled_embedding
+from travel.models import build_generator
+from travel.projected import ProjectedDiscriminator, ProjectedEmbedding, frozen_state
+from travel.train import fit
+
+DATA = Path(__file__).parent / "data"
+
+
+def projected_config(source: Path, target: Path, **train_overrides) -> FitConfig:
+    """The tiny test config with a projected discriminator: the backbone reads 32 px (patches 8x8 ... 1x1)."""
+    config = tiny_fit_config(source, target, **train_overrides)
+    disc = DiscriminatorConfig(family="projected", vec_len=8, resolution=32, head_channels=8)
+    return replace(config, model=replace(config.model, discriminator=disc, siamese="separate"),
+                   loss=replace(config.loss, travel=0.2))
+
+
+def test_mapping_is_complete_and_strict():
+    raw = torch.load(backbone.weights_path(), map_location="cpu", weights_only=True)
+    mapped = backbone.timm_names(raw)
+    assert len(raw) == len(mapped) == 296
+    model = backbone._timm().create_model(backbone.TIMM_NAME, pretrained=False)
+    expected = model.state_dict()
+    assert set(mapped) == set(expected)
+    assert all(mapped[k].shape == expected[k].shape for k in expected)
+    with pytest.raises(backbone.BackboneError, match="unexpected tensor"):
+        backbone.timm_names({**raw, "_blocks.99._bn0.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("photo, classes", [("chelsea.jpg", {281, 282, 283, 284, 285}), ("coffee.jpg", {967})])
+def test_frozen_backbone_classifies_real_photos(photo, classes):
+    # chelsea: tabby / tiger cat / Persian / Siamese / Egyptian cat (ImageNet 281-285); coffee: espresso (967).
+    # Photos from scikit-image's data (CC0), resized; tests/data/README.md.
+    model = backbone.build_classifier()
+    image = image_to_tensor(Image.open(DATA / photo).convert("RGB"))[None]  # [-1, 1] as the weights expect
+    with torch.no_grad():
+        top = int(model(image).argmax())
+    assert top in classes, top
+
+
+def test_backbone_is_hidden_from_optimizer_state_and_requires_grad():
+    disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, resolution=32, head_channels=4))
+    disc.requires_grad_(True).train()  # what the training loop does between steps
+    hidden = list(disc.backbone.net.parameters())
+    assert hidden and not any(p.requires_grad for p in hidden)
+    assert not disc.backbone.net.training  # BN stays in eval mode
+    assert not any(".net." in k for k in disc.state_dict())
+    assert {id(p) for p in disc.parameters()}.isdisjoint({id(p) for p in hidden})
+    image = torch.zeros(2, 3, 16, 16, requires_grad=True)
+    vectors = disc(image)
+    assert vectors.shape == (2, 8 * 8 + 4 * 4 + 2 * 2 + 1, 4)  # [N, P, L]
+    vectors.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0  # the gradient reaches the image through the backbone
+    # Each of the 4 scales holds a quarter of the per-image weight.
+    w = disc.patch_weights
+    assert torch.allclose(torch.stack([w[:64].sum(), w[64:80].sum(), w[80:84].sum(), w[84:].sum()]), torch.full((4,), 0.25))
+
+
+def test_per_patch_anchor_losses_by_hand():
+    # Two images, two patches of vec_len 2, anchor at the origin, margin 1, weights 0.75 / 0.25.
+    real = torch.tensor([[[1.0, 1.0], [0.0, 2.0]], [[0.0, 0.0], [2.0, 2.0]]])  # d per patch: [1, 2], [0, 4]
+    fake = torch.tensor([[[0.5, 0.5], [1.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]])  # d: [0.25, 1], [0, 0.5]
+    weights = torch.tensor([0.75, 0.25])
+    terms = anchor_d_loss(real, fake, torch.zeros(2), margin=1.0, weights=weights)
+    # real: image 0: 0.75*1 + 0.25*2 = 1.25; image 1: 0 + 0.25*4 = 1 -> 1.125.
+    assert terms["d_real"].item() == pytest.approx(1.125)
+    # fake hinge relu(1 - d): image 0: 0.75*0.75 + 0.25*0 = 0.5625; image 1: 0.75*1 + 0.25*0.5 = 0.875 -> 0.71875.
+    assert terms["d_fake"].item() == pytest.approx(0.71875)
+    # G pulls every patch to the anchor: image 0: 0.75*0.25 + 0.25*1 = 0.4375; image 1: 0.125 -> 0.28125.
+    assert anchor_g_loss(fake, torch.zeros(2), weights=weights).item() == pytest.approx(0.28125)
+    # Per-sample anchors serve every patch of their sample: anchor (1, 1) for image 0 makes its first patch exact.
+    anchors = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert per_image(((real - anchors[:, None]) ** 2).mean(-1), weights)[0].item() == pytest.approx(0.25 * 1.0)
+    assert anchor_d_loss(real, fake, anchors, margin=1.0, weights=weights)["d_real"].item() == pytest.approx((0.25 + 1) / 2)
+    # The pooled vector for the TraVeL loss: the weighted mean of the patches.
+    assert torch.allclose(pooled_embedding(real, weights), torch.tensor([[0.75, 1.25], [0.5, 0.5]]))
+    # vec_len = 1 and one patch: least squares on reals, hinge on fakes (DESIGN.md's check).
+    one = anchor_d_loss(torch.tensor([[[2.0]]]), torch.tensor([[[0.5]]]), torch.zeros(1), margin=1.0, weights=torch.ones(1))
+    assert one["d_real"].item() == pytest.approx(4.0) and one["d_fake"].item() == pytest.approx(0.75)
+
+
+def test_fit_never_changes_the_backbone(domains, tmp_path, monkeypatch):
+    built = []
+    original = ProjectedDiscriminator.__init__
+
+    def spy(self, cfg):
+        original(self, cfg)
+        built.append(self)
+
+    monkeypatch.setattr(ProjectedDiscriminator, "__init__", spy)
+    config = projected_config(*domains, steps=3, save_every=3)
+    config = replace(config, model=replace(config.model, siamese="shared"))  # D's heads also train cooperatively
+    fit(config, tmp_path / "run")
+    pristine = backbone.load_state()
+    (disc,) = built
+    state = frozen_state(disc)
+    assert len(state) == 288
+    for key, value in state.items():
+        name = key.split("backbone.", 1)[1]
+        assert torch.equal(value, pristine[name]), name  # weights and BN running statistics, bit for bit
+    assert all(int(v) == 0 for k, v in state.items() if k.endswith("num_batches_tracked"))
+    saved = load_state(tmp_path / "run")
+    assert not any(".net." in k for k in saved["discriminator"])  # the resume state never holds the backbone
+
+
+def test_separate_embedding_is_a_head_on_frozen_features():
+    s = ProjectedEmbedding(DiscriminatorConfig(family="projected", vec_len=6, resolution=32))
+    assert [name for name, _ in s.named_parameters()] == ["head.bias", "head.parametrizations.weight.original"]
+    assert s(torch.zeros(3, 3, 16, 16)).shape == (3, 6)
+
+
+def test_resume_is_exact_with_the_projected_discriminator(domains, tmp_path):
+    config = projected_config(*domains, steps=4, save_every=2)
+    straight = fit(config, tmp_path / "straight")
+    half = replace(config, train=replace(config.train, steps=2))
+    fit(half, tmp_path / "resumed")
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+    a, b = load_state(straight.run_dir), load_state(resumed.run_dir)
+    for part in ("generator", "discriminator", "siamese", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    weights = load_weights(resumed.weights)
+    assert weights.summary["discriminator"] == "projected"  # the released file records the family it trained with
+    assert json.loads(b["config"])["model"]["discriminator"]["family"] == "projected"  # and so does the resume state
+
+
+def test_short_run_learns_colour_swap_with_projected_discriminator(tmp_path):
+    # The known-answer test of test_learning.py with the projected family: red shapes -> blue shapes.
+    draw_shapes(tmp_path / "red", 24, colour=(220, 30, 30), size=32, seed=1)
+    draw_shapes(tmp_path / "blue", 24, colour=(30, 30, 220), size=32, seed=2)
+    held_out = draw_shapes(tmp_path / "test", 16, colour=(220, 30, 30), size=32, seed=3)
+    source = torch.stack([image_to_tensor(Image.open(p).convert("RGB")) for p in held_out])  # [16, 3, 32, 32]
+    answer = source[:, [2, 1, 0]]
+    config = FitConfig(
+        name="swap",
+        model=ModelConfig(
+            generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4),
+            discriminator=DiscriminatorConfig(family="projected", vec_len=8, resolution=64, head_channels=16),
+            siamese="separate",
+        ),
+        loss=LossConfig(travel=0.2),
+        data=DataConfig(source=str(tmp_path / "red"), target=str(tmp_path / "blue"), load_size=32, crop_size=32),
+        train=TrainConfig(steps=150, batch_size=4, lr_g=2e-4, log_every=50, sample_every=150, save_every=150, seed=0),
+    )
+    weights = load_weights(fit(config, tmp_path / "run").weights)
+    trained, untrained = weights.build(), build_generator(weights.config).eval()
+    with torch.no_grad():
+        translated = trained(source)
+        error_trained = (translated - answer).abs().mean().item()
+        error_untrained = (untrained(source) - answer).abs().mean().item()
+    assert error_trained < 0.75 * error_untrained, (error_trained, error_untrained)
+    shape = source[:, 0] > source[:, 2] + 0.5  # red pixels of the source
+    assert (translated[:, 2] - translated[:, 0])[shape].mean().item() > 0.5
+
+
+def test_missing_or_altered_backbone_is_one_line_and_scratch_still_trains(domains, tmp_path, monkeypatch):
+    src, dst = domains
+    runner = CliRunner()
+    args = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--steps", "1", "--batch-size", "2",
+            "--channels", "8", "--depth", "2"]
+    altered = tmp_path / "altered.pth"
+    data = bytearray(backbone.weights_path().read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: still a loadable file, but not the released one
+    altered.write_bytes(bytes(data))
+    for path, words in ((tmp_path / "nowhere.pth", "not found"), (altered, "altered (SHA-256 mismatch)")):
+        backbone._checked_state.cache_clear()
+        monkeypatch.setattr(backbone, "weights_path", lambda path=path: path)
+        result = runner.invoke(app, [*args, "--disc", "projected", "--run-dir", str(tmp_path / f"p-{path.stem}")])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert lines[-1].startswith("error: ") and words in lines[-1] and "pip install" in lines[-1], lines
+        assert "Traceback" not in result.output
+    backbone._checked_state.cache_clear()
+    result = runner.invoke(app, [*args, "--disc", "scratch", "--run-dir", str(tmp_path / "scratch")])
+    assert result.exit_code == 0, result.output
+
+
+def test_cli_records_the_family_and_its_defaults(domains):
+    src, dst = domains
+    runner = CliRunner()
+    base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "64", "--dry-run"]
+    projected = json.loads(runner.invoke(app, [*base, "--disc", "projected"]).output)
+    scratch = json.loads(runner.invoke(app, base).output)
+    assert projected["model"]["discriminator"]["family"] == "projected"
+    assert projected["model"]["discriminator"]["resolution"] == 128  # 64 px crops are read upsampled
+    assert (projected["model"]["siamese"], projected["loss"]["travel"], projected["train"]["lr_g"]) == ("separate", 0.2, 2e-4)
+    assert projected["model"]["discriminator"]["vec_len"] == 32
+    assert scratch["model"]["discriminator"]["family"] == "scratch"
+    assert (scratch["model"]["siamese"], scratch["loss"]["travel"], scratch["train"]["lr_g"]) == ("shared", 10.0, 1e-4)
+    # Explicit settings win over the family's defaults.
+    chosen = json.loads(runner.invoke(app, [*base, "--disc", "projected", "--travel-weight", "1", "--siamese", "shared"]).output)
+    assert (chosen["loss"]["travel"], chosen["model"]["siamese"]) == (1.0, "shared")
+
+
+def test_configs_saved_before_the_family_existed_are_scratch():
+    from travel.config import from_dict, to_dict
+
+    saved = to_dict(DiscriminatorConfig())
+    del saved["family"], saved["resolution"], saved["head_channels"]
+    assert from_dict(DiscriminatorConfig, saved).family == "scratch"
+
+
+@pytest.mark.parametrize("module", ["travel.inference", "travel.export", "travel.cli"])
+def test_translation_and_export_never_import_timm(module):
+    code = f"import sys, {module}; print(sorted(m for m in ('timm', 'travel.projected', 'travel.backbone') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_translate_with_a_projected_run_imports_no_timm(domains, tmp_path):
+    config = projected_config(*domains, steps=1, save_every=1)
+    result = fit(config, tmp_path / "run")
+    image = domains[0] / "000.png"
+    code = (
+        "import sys\nfrom PIL import Image\nfrom travel import Translator\n"
+        f"t = Translator.from_pretrained({str(result.weights)!r}, device='cpu')\nt(Image.open({str(image)!r}))\n"
+        "print('timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -1,0 +1,114 @@
+"""The projected Siamese discriminator: frozen ImageNet features, trainable spectrally normalised heads at 4 scales.
+
+The same interface as travel.models.Discriminator (the scratch family), so the training loop builds one or the
+other and never branches on which:
+- forward(image) -> vectors [N, P, L]: one vector per patch, the patches of all 4 scales concatenated;
+- patch_weights [P]: each patch's share of the per-image loss, so that every scale counts alike
+  (1 / (4 * patches of its scale)); the scratch family has one vector per image and None here;
+- features(image) -> [N, F]: pooled trunk features for the rotation head and for clustering;
+- rotation_logits(features) -> [N, 4].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from travel.backbone import FEATURE_CHANNELS, build_features
+from travel.config import DiscriminatorConfig
+
+
+class FrozenBackbone(nn.Module):
+    """EfficientNet-Lite0's feature pyramid, frozen: gradients flow through it to the image, never to its weights.
+
+    The network is kept out of the module tree (no parameters, no buffers, no state-dict keys): the optimizer,
+    `requires_grad_(True)` on the discriminator, DDP's gradient and buffer sync and the resume state never see it,
+    and its BN layers stay in eval mode with their ImageNet statistics. It is rebuilt from the hash-checked wheel
+    whenever a discriminator is built; `.to()` and friends still move it (see _apply).
+    """
+
+    def __init__(self, resolution: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        object.__setattr__(self, "net", build_features())  # not registered as a submodule, on purpose
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        super()._apply(fn, recurse)
+        self.net._apply(fn, recurse)  # device, dtype and memory-format moves reach the hidden network too
+        return self
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The backbone's weights and BN statistics, by name (for checks that nothing changed them)."""
+        return self.net.state_dict()
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """image: [N, C, H, W] in [-1, 1] (C = 1 or 3). Returns 4 maps [N, C_s, R / 2^(s+2), R / 2^(s+2)]."""
+        if image.shape[1] == 1:
+            image = image.expand(-1, 3, -1, -1)
+        if image.shape[-2:] != (self.resolution, self.resolution):
+            # Bilinear: the gradient reaches every source pixel when upsampling (64 px glyphs read far better at 128).
+            image = F.interpolate(image, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+        return self.net(image)
+
+
+class ProjectedDiscriminator(nn.Module):
+    """Frozen backbone; at each of its 4 scales an SN 3x3 conv (head_channels) + LeakyReLU + SN 1x1 conv to vec_len."""
+
+    def __init__(self, cfg: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = FrozenBackbone(cfg.resolution)
+        hidden = cfg.head_channels
+        self.hidden = nn.ModuleList(spectral_norm(nn.Conv2d(c, hidden, 3, padding=1)) for c in FEATURE_CHANNELS)
+        self.heads = nn.ModuleList(spectral_norm(nn.Conv2d(hidden, cfg.vec_len, 1)) for _ in FEATURE_CHANNELS)
+        self.feature_dim = hidden * len(FEATURE_CHANNELS)
+        self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
+        sides = [cfg.resolution // 2 ** (s + 2) for s in range(len(FEATURE_CHANNELS))]
+        weights = torch.cat([torch.full((side * side,), 1.0 / (len(sides) * side * side)) for side in sides])
+        self.register_buffer("patch_weights", weights, persistent=False)  # [P]; a function of the config, not state
+
+    def _hidden(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [F.leaky_relu(conv(f), 0.2) for conv, f in zip(self.hidden, self.backbone(image))]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: [N, C, H, W] in [-1, 1]. Returns one vector per patch and scale: [N, P, vec_len]."""
+        maps = [head(h) for head, h in zip(self.heads, self._hidden(image))]  # [N, L, h_s, w_s] each
+        return torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # [N, P, L]
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """The heads' hidden activations, averaged over each scale and concatenated: [N, 4 * head_channels].
+
+        Trainable (unlike the frozen backbone), so a rotation loss on them shapes what the heads see.
+        """
+        return torch.cat([h.mean(dim=(2, 3)) for h in self._hidden(image)], dim=1)
+
+    def rotation_logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.rotation is None:
+            raise RuntimeError("this discriminator was built without a rotation head")
+        return self.rotation(features)
+
+
+class ProjectedEmbedding(nn.Module):
+    """The separate Siamese embedding S of the projected family: an SN linear map of the frozen backbone's features,
+    averaged over each scale and concatenated (24 + 40 + 112 + 320 = 496), to vec_len. Trained with G."""
+
+    patch_weights = None  # one vector per image
+
+    def __init__(self, cfg: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = FrozenBackbone(cfg.resolution)
+        self.head = spectral_norm(nn.Linear(sum(FEATURE_CHANNELS), cfg.vec_len))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image: [N, C, H, W] in [-1, 1]. Returns [N, vec_len]."""
+        pooled = torch.cat([f.mean(dim=(2, 3)) for f in self.backbone(image)], dim=1)  # [N, 496]
+        return self.head(pooled)
+
+
+def frozen_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of every frozen backbone inside `module`, by name: for checks that training leaves them alone."""
+    return {f"{name}.{key}": value for name, sub in module.named_modules() if isinstance(sub, FrozenBackbone)
+            for key, value in sub.frozen_state().items()}
