@@ -84,6 +84,14 @@ def test_fit_flags_change_what_is_measured():
     assert rotation["parameters"]["discriminator"] > plain["parameters"]["discriminator"]
     assert separate["parameters"]["siamese"] == separate["parameters"]["discriminator"] == plain["parameters"]["discriminator"]
     assert rotation["inference"]["flops_per_image"] == separate["inference"]["flops_per_image"] == plain["inference"]["flops_per_image"]
+    # --disc projected: the frozen backbone's FLOPs count in training (its forward and the backward to the image), its
+    # weights do not count as D's parameters, and the report names the family's defaults it resolved.
+    projected = run_speed(replace(settings, disc="projected", vec_len=None))
+    assert projected["settings"]["disc"] == "projected" and projected["settings"]["siamese"] == "separate"
+    assert projected["settings"]["vec_len"] == 32 and plain["settings"]["vec_len"] == 8  # the family's default, or as given
+    assert projected["train"]["flops_per_image"] > 3 * plain["train"]["flops_per_image"]
+    assert projected["parameters"]["discriminator"] < 1e6
+    assert projected["inference"]["flops_per_image"] == plain["inference"]["flops_per_image"]
 
 
 def test_bench_speed_command_writes_json(tmp_path):

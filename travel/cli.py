@@ -512,8 +512,9 @@ def bench_speed(
     precision: str = typer.Option("auto", "--precision", help="Training precision, as in travel fit: auto, fp32, bf16, fp16."),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width, as in travel fit."),
     depth: int = typer.Option(4, "--depth", help="Downsamplings, as in travel fit."),
-    vec_len: int = typer.Option(128, "--vec-len", help="Discriminator vector length."),
-    siamese: str = typer.Option("shared", "--siamese", help="shared or separate, as in travel fit."),
+    disc: str = typer.Option("scratch", "--disc", help="Discriminator family, as in travel fit: scratch or projected."),
+    vec_len: Optional[int] = typer.Option(None, "--vec-len", help="Discriminator vector length (default: the family's)."),
+    siamese: Optional[str] = typer.Option(None, "--siamese", help="shared or separate, as in travel fit (default: the family's)."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding, as in travel fit."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Include the SS-GAN rotation loss."),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="Train in NHWC, as travel fit --channels-last."),
@@ -538,7 +539,7 @@ def bench_speed(
         torch.set_num_threads(threads)
     settings = SpeedSettings(
         size=size, batch_size=batch_size, steps=steps, warmup=warmup, device=device, precision=precision, channels=channels,
-        depth=depth, vec_len=vec_len, siamese=siamese, padding=padding, rotation=rotation, matmul_size=matmul_size,
+        depth=depth, disc=disc, vec_len=vec_len, siamese=siamese, padding=padding, rotation=rotation, matmul_size=matmul_size,
         channels_last=channels_last, compile=compile, profile=profile,
     )
     report = run_speed(settings, say=lambda message: typer.echo(f"measuring {message}", err=True))

@@ -20,7 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from travel import __version__
 from travel.augment import DiffAugment
-from travel.config import DEFAULT_CHANNELS, DEFAULT_PADDING, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for
+from travel.config import (
+    DEFAULT_CHANNELS, DEFAULT_PADDING, FAMILY_DEFAULTS, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for,
+)
 from travel.errors import ConfigError
 from travel.inference import inference_layout, run_generator
 from travel.models import Generator
@@ -44,8 +46,9 @@ class SpeedSettings:
     precision: str = "auto"  # training autocast, as in `travel fit`; inference runs fp32 like Translator
     channels: int = DEFAULT_CHANNELS
     depth: int = 4
-    vec_len: int = 128
-    siamese: str = "shared"
+    disc: str = "scratch"  # discriminator family, as `travel fit --disc`
+    vec_len: int | None = None  # None: the family's default (FAMILY_DEFAULTS)
+    siamese: str | None = None
     padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
     rotation: bool = False
     augment: bool = True
@@ -69,12 +72,12 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
     s = settings
     model = model_config_for(
         size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
-        padding=s.padding,
+        padding=s.padding, disc=s.disc,
     )
     return FitConfig(
         name="bench",
         model=model,
-        loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0),
+        loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0, travel=FAMILY_DEFAULTS[s.disc].travel),
         data=DataConfig(load_size=s.size, crop_size=s.size, augment=s.augment),
         train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, device=s.device,  # type: ignore[arg-type]
                           precision=s.precision, seed=s.seed, channels_last=s.channels_last, compile=s.compile),  # type: ignore[arg-type]
@@ -170,7 +173,9 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     return {
         "format": "travel-bench-speed",
         "travel_version": __version__,
-        "settings": asdict(settings),
+        # The family's defaults resolved, so the report says what was measured.
+        "settings": {**asdict(settings), "vec_len": config.model.discriminator.vec_len, "siamese": config.model.siamese,
+                     "disc": config.model.discriminator.family},
         "device": _describe(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
