@@ -239,3 +239,19 @@ def test_translate_with_a_projected_run_imports_no_timm(domains, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_rotation_and_self_conditioning_run_with_the_projected_family(domains, tmp_path):
+    # Both read D.features: for the projected family the heads' pooled hidden activations (trainable).
+    config = projected_config(*domains, steps=2, save_every=2)
+    disc = replace(config.model.discriminator, rotation_head=True)
+    generator = replace(config.model.generator, num_styles=2)
+    from travel.config import ClusterConfig
+
+    config = replace(config, model=replace(config.model, generator=generator, discriminator=disc),
+                     loss=replace(config.loss, rotation_d=1.0), clusters=ClusterConfig(clusters=2, recluster_every=1, subset=8))
+    result = fit(config, tmp_path / "run")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("rot_d" in m and "rot_g" in m for m in metrics)
+    state = load_state(result.run_dir)
+    assert state["styles"]["labels"].shape == (8,) and len(load_weights(result.weights).summary["style_frequencies"]) == 2
