@@ -1,19 +1,30 @@
-"""The method learns: on a generated task with a known answer, a short CPU run beats the untrained generator."""
+"""The method learns: on a generated task with a known answer, a short CPU run beats the untrained generator,
+with either discriminator family."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
 from conftest import draw_shapes
 from travel.checkpoint import load_weights
-from travel.config import DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig
+from travel.config import DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, LossConfig, ModelConfig, TrainConfig
 from travel.data import image_to_tensor
 from travel.models import build_generator
 from travel.train import fit
 
+FAMILIES = {
+    "scratch": dict(discriminator=DiscriminatorConfig(base_channels=8, max_channels=32, depth=3, attention_level=2, vec_len=16),
+                    siamese="shared", loss=LossConfig(), lr_g=1e-4),
+    # The projected family with its defaults (FAMILY_DEFAULTS): separate S, TraVeL weight 0.2, lr_G 2e-4.
+    "projected": dict(discriminator=DiscriminatorConfig(family="projected", vec_len=8, resolution=64, head_channels=16),
+                      siamese="separate", loss=LossConfig(travel=0.2), lr_g=2e-4),
+}
 
-def test_short_run_learns_colour_swap(tmp_path):
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_short_run_learns_colour_swap(tmp_path, family):
     # Source: red shapes; target: blue shapes (other shapes: the data are unpaired). The known answer for a
     # source image is the same picture with red and blue swapped.
     draw_shapes(tmp_path / "red", 24, colour=(220, 30, 30), size=32, seed=1)
@@ -22,14 +33,16 @@ def test_short_run_learns_colour_swap(tmp_path):
     source = torch.stack([image_to_tensor(Image.open(p).convert("RGB")) for p in held_out])  # [16, 3, 32, 32]
     answer = source[:, [2, 1, 0]]
 
+    settings = FAMILIES[family]
     config = FitConfig(
         name="swap",
         model=ModelConfig(
             generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=32, depth=3, attention_level=2, vec_len=16),
+            discriminator=settings["discriminator"], siamese=settings["siamese"],
         ),
+        loss=settings["loss"],
         data=DataConfig(source=str(tmp_path / "red"), target=str(tmp_path / "blue"), load_size=32, crop_size=32),
-        train=TrainConfig(steps=150, batch_size=4, log_every=50, sample_every=150, save_every=150, seed=0),
+        train=TrainConfig(steps=150, batch_size=4, lr_g=settings["lr_g"], log_every=50, sample_every=150, save_every=150, seed=0),
     )
     weights = load_weights(fit(config, tmp_path / "run").weights)
     trained, untrained = weights.build(), build_generator(weights.config).eval()
