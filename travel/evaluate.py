@@ -319,10 +319,12 @@ def evaluate(
 
     say(f"loading {len(test_set.source)} source and {len(test_set.target)} target images at {size}px")
     source, target, skipped = load_test_set(test_set, size)
+    notes = list(test_set.notes)
+    # Before translating: a recogniser that is missing or does not fit this data is refused without wasted work.
+    recogniser, source_chars, target_chars = _recogniser_for(data_dir, test_set, settings, skipped, notes)
     say(f"translating {source.shape[0]} images")
     translation = translate_all(translator, source, batch_size=settings.batch_size)  # [N, 3, S, S]
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
-    notes = list(test_set.notes)
     backbone = None
     if settings.backbone:
         from travel.backbone import BackboneError
@@ -331,7 +333,6 @@ def evaluate(
             backbone = BackboneFeatures(device=translator.device)
         except BackboneError as exc:
             notes.append(f"backbone KID/FD/retrieval skipped: {exc}")
-    recogniser, source_chars, target_chars = _recogniser_for(data_dir, test_set, settings, skipped, notes)
     rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
                  inception=inception, say=say, backbone=backbone, recogniser=recogniser, source_chars=source_chars,
                  target_chars=target_chars)

@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from travel.checkpoint import atomic_write_bytes
@@ -236,9 +235,3 @@ def dataset_characters(data_dir: str | Path, split: str = "test") -> dict[str, d
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: unreadable splits ({exc})") from None
 
-
-def load_image_grey(path: Path) -> torch.Tensor:
-    """One image file as [3, H, W] in [-1, 1] (for scripts)."""
-    from travel.data import image_to_tensor
-
-    return image_to_tensor(Image.open(path).convert("RGB"))
