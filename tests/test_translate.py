@@ -126,7 +126,11 @@ def test_translate_batch_equals_one_by_one(ckpt):
     images = [Image.effect_noise(size, 40 + i).convert("RGB") for i, size in enumerate([(20, 12), (9, 9), (20, 12), (20, 12)])]
     batched = translator.translate_batch(images, batch_size=2)
     for image, result in zip(images, batched):
-        assert np.array_equal(np.asarray(result), np.asarray(translator(image)))
+        # Not bit-exact: oneDNN picks other kernels for a batch of 2 than for 1 (and per CPU and thread count), so the
+        # floats differ in their last bits, and a pixel whose value lands on a rounding boundary of the uint8
+        # conversion can move by one level (seen on an AMD EPYC with one thread). More than one level would be a bug.
+        a, b = np.asarray(result).astype(int), np.asarray(translator(image)).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
 
 
 # ---------------------------------------------------------------------------------------------
