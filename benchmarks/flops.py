@@ -26,7 +26,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in (64, 128, 256):
         for channels in (32, 24, 16):
-            model = model_config_for(size=size, channels=channels)
+            # The scratch D: these counts are its architecture (bench speed counts the projected one on real weights).
+            model = model_config_for(size=size, channels=channels, disc="scratch")
             with torch.device("meta"):
                 generator, discriminator = build_generator(model.generator), build_discriminator(model.discriminator)
             g, d = forward_flops(generator, size), forward_flops(discriminator, size)

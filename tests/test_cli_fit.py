@@ -17,7 +17,7 @@ import travel
 from conftest import draw_shapes
 from travel.checkpoint import load_state, load_weights
 from travel.cli import app
-from travel.config import FitConfig, from_dict
+from travel.config import FAMILY_DEFAULTS, FitConfig, LossConfig, TrainConfig, from_dict, model_config_for
 
 # Tiny networks at 16 px on the CPU: a step takes milliseconds.
 TINY = ["--size", "16", "--channels", "8", "--depth", "2", "--vec-len", "8", "--batch-size", "2", "--device", "cpu",
@@ -83,6 +83,21 @@ def test_default_model_is_the_measured_one(folders):
     assert model.generator.base_channels == model.discriminator.base_channels == 16
     assert model.generator.padding == FitConfig().model.generator.padding == "replicate"
     assert FitConfig().model.generator.base_channels == 16
+
+
+def test_default_discriminator_is_projected_and_python_builds_the_same(folders):
+    """--disc projected is the default since it beat scratch on two glyph seeds and on emoji by every score that
+    copying cannot win (docs/BENCHMARKS.md); test_projected checks each family's defaults. The README's Python
+    example builds the same training as the command line's defaults."""
+    red, blue = folders
+    result = invoke("fit", "--src", red, "--dst", blue, "--dry-run")
+    assert result.exit_code == 0, result.output
+    default = from_dict(FitConfig, json.loads(result.stdout))
+    assert default.model.discriminator.family == "projected"
+    family = FAMILY_DEFAULTS["projected"]
+    python = FitConfig(model=model_config_for(size=128, disc="projected"), loss=LossConfig(travel=family.travel),
+                       train=TrainConfig(lr_g=family.lr_g))
+    assert (python.model, python.loss, python.train.lr_g) == (default.model, default.loss, default.train.lr_g)
 
 
 def only_unreadable(tmp_path: Path) -> Path:

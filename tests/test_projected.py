@@ -170,8 +170,8 @@ def test_cli_records_the_family_and_its_defaults(domains):
     src, dst = domains
     runner = CliRunner()
     base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "64", "--dry-run"]
-    projected = json.loads(runner.invoke(app, [*base, "--disc", "projected"]).output)
-    scratch = json.loads(runner.invoke(app, base).output)
+    projected = json.loads(runner.invoke(app, base).output)  # the default family
+    scratch = json.loads(runner.invoke(app, [*base, "--disc", "scratch"]).output)
     assert projected["model"]["discriminator"]["family"] == "projected"
     assert projected["model"]["discriminator"]["resolution"] == 128  # 64 px crops are read upsampled
     assert (projected["model"]["siamese"], projected["loss"]["travel"], projected["train"]["lr_g"]) == ("separate", 0.2, 2e-4)
@@ -179,7 +179,7 @@ def test_cli_records_the_family_and_its_defaults(domains):
     assert scratch["model"]["discriminator"]["family"] == "scratch"
     assert (scratch["model"]["siamese"], scratch["loss"]["travel"], scratch["train"]["lr_g"]) == ("shared", 10.0, 1e-4)
     # Explicit settings win over the family's defaults.
-    chosen = json.loads(runner.invoke(app, [*base, "--disc", "projected", "--travel-weight", "1", "--siamese", "shared"]).output)
+    chosen = json.loads(runner.invoke(app, [*base, "--travel-weight", "1", "--siamese", "shared"]).output)
     assert (chosen["loss"]["travel"], chosen["model"]["siamese"]) == (1.0, "shared")
 
 

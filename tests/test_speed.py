@@ -25,7 +25,9 @@ def _restore_threads():
         yield
     finally:
         torch.set_num_threads(threads)
-TINY = dict(batch_size=2, steps=1, warmup=0, channels=8, depth=2, vec_len=8, matmul_size=128)
+# The scratch family for the mechanics: its FLOPs grow with the image (the projected backbone always sees 128 px) and
+# it holds no separate S; test_fit_flags_change_what_is_measured compares it with the projected default.
+TINY = dict(batch_size=2, steps=1, warmup=0, channels=8, depth=2, vec_len=8, matmul_size=128, disc="scratch")
 
 
 def _without_attention(config: FitConfig) -> FitConfig:
@@ -36,12 +38,21 @@ def _without_attention(config: FitConfig) -> FitConfig:
     return replace(config, model=replace(model, generator=generator, discriminator=discriminator))
 
 
-def test_bench_config_mirrors_fit_defaults():
+def test_bench_config_mirrors_fit_defaults(tmp_path):
+    """bench speed with no options times what `travel fit` with no options trains: the same networks and losses."""
+    from conftest import draw_shapes
+    from travel.config import from_dict
+
+    draw_shapes(tmp_path / "a", 2, colour=(200, 0, 0))
+    draw_shapes(tmp_path / "b", 2, colour=(0, 0, 200))
+    result = runner.invoke(app, ["fit", "--src", str(tmp_path / "a"), "--dst", str(tmp_path / "b"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    fit_config = from_dict(FitConfig, json.loads(result.stdout))
     config = bench_config(SpeedSettings())
-    g, d = config.model.generator, config.model.discriminator
-    assert (g.base_channels, g.depth, g.attention_levels, g.padding) == (16, 4, (2, 3, 4), "replicate")
-    assert (d.base_channels, d.depth, d.attention_level, d.vec_len) == (16, 4, 2, 128)
-    assert config.train.batch_size == 4 and config.data.crop_size == 128 and config.data.augment
+    assert config.model == fit_config.model and config.loss == fit_config.loss
+    assert config.model.discriminator.family == "projected"
+    assert (config.train.batch_size, config.train.lr_g) == (fit_config.train.batch_size, fit_config.train.lr_g)
+    assert config.data.crop_size == fit_config.data.crop_size == 128 and config.data.augment
 
 
 def test_speed_report_is_positive_and_consistent():

@@ -347,7 +347,7 @@ def projected_resolution_for(size: int) -> int:
 
 def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
-    clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "scratch",
+    clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
     head_channels: int = 64,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.

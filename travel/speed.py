@@ -46,7 +46,7 @@ class SpeedSettings:
     precision: str = "auto"  # training autocast, as in `travel fit`; inference runs fp32 like Translator
     channels: int = DEFAULT_CHANNELS
     depth: int = 4
-    disc: str = "scratch"  # discriminator family, as `travel fit --disc`
+    disc: str = "projected"  # discriminator family, as `travel fit --disc`
     vec_len: int | None = None  # None: the family's default (FAMILY_DEFAULTS)
     siamese: str | None = None
     padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
@@ -79,7 +79,8 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
         model=model,
         loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0, travel=FAMILY_DEFAULTS[s.disc].travel),
         data=DataConfig(load_size=s.size, crop_size=s.size, augment=s.augment),
-        train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, device=s.device,  # type: ignore[arg-type]
+        train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, lr_g=FAMILY_DEFAULTS[s.disc].lr_g,
+                          device=s.device,  # type: ignore[arg-type]
                           precision=s.precision, seed=s.seed, channels_last=s.channels_last, compile=s.compile),  # type: ignore[arg-type]
     )
 
