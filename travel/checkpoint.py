@@ -224,6 +224,20 @@ def load_weights(path: str | Path) -> Weights:
     return Weights(config=config, state=state, metadata=metadata)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object hook that refuses an object naming a key twice (json keeps the last one quietly)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def read_metadata(data: bytes, *, name: str) -> dict[str, str]:
     """The string metadata of a safetensors blob, checked to be a travel generator of a known schema."""
     if len(data) < 8:
@@ -232,9 +246,12 @@ def read_metadata(data: bytes, *, name: str) -> dict[str, str]:
     if header_len > len(data) - 8 or header_len > 100_000_000:
         raise CheckpointError(f"{name}: not a safetensors file, or truncated")
     try:
-        header = json.loads(data[8 : 8 + header_len])
+        header = json.loads(data[8 : 8 + header_len], object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{name}: not a safetensors file (unreadable header)") from None
+    except _DuplicateKey as exc:
+        # safetensors keeps one of two entries of a tensor silently: which weights would load is not defined.
+        raise CheckpointError(f"{name}: damaged header (key {str(exc)[:40]!r} appears twice)") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(f"{name}: not a travel checkpoint (no '{WEIGHTS_FORMAT}' metadata)")
