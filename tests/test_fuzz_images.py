@@ -199,14 +199,20 @@ MAGIC = {
 }
 
 
+RANDOM_BYTES = dict(blob=st.binary(max_size=512), suffix=st.sampled_from(IMAGE_EXTENSIONS + (".gif",)))
+
+
 @settings(FUZZ, max_examples=200)
-@given(blob=st.binary(max_size=512), suffix=st.sampled_from(IMAGE_EXTENSIONS + (".gif",)))
+@given(**RANDOM_BYTES)
 def test_random_bytes(workdir, blob, suffix):
     check_bytes("random_bytes", blob, f"random{suffix}", workdir)
 
 
+BEHIND_SIGNATURE = dict(suffix=st.sampled_from(sorted(MAGIC)), tail=st.binary(max_size=512))
+
+
 @settings(FUZZ, max_examples=300)
-@given(suffix=st.sampled_from(sorted(MAGIC)), tail=st.binary(max_size=512))
+@given(**BEHIND_SIGNATURE)
 def test_random_bytes_behind_a_real_signature(workdir, suffix, tail):
     """Past format detection, into each decoder's header parsing."""
     check_bytes("random_behind_signature", MAGIC[suffix] + tail, f"magic{suffix}", workdir)
@@ -239,8 +245,11 @@ def mutate(blob: bytes, mutations) -> bytes:
     return bytes(out)
 
 
+MUTATED = dict(seed=st.sampled_from(sorted(SEEDS)), mutations=st.lists(mutation, min_size=1, max_size=6))
+
+
 @settings(FUZZ, max_examples=400)
-@given(seed=st.sampled_from(sorted(SEEDS)), mutations=st.lists(mutation, min_size=1, max_size=6))
+@given(**MUTATED)
 def test_mutated_real_files(workdir, seed, mutations):
     """Bit flips, insertions, deletions, truncations and overwrites anywhere in a real file of each format."""
     check_bytes("mutated_files", mutate(SEEDS[seed], mutations), f"mutated-{seed}", workdir)
@@ -290,8 +299,7 @@ def header_fields(name: str, blob: bytes) -> list[tuple[int, str]]:
     raise AssertionError(name)
 
 
-@settings(FUZZ, max_examples=300)
-@given(
+HEADER_FIELDS = dict(
     seed=st.sampled_from(sorted(SEEDS)),
     choice=st.integers(min_value=0, max_value=1000),
     value=st.one_of(
@@ -299,6 +307,10 @@ def header_fields(name: str, blob: bytes) -> list[tuple[int, str]]:
         st.integers(min_value=0, max_value=2**32 - 1),
     ),
 )
+
+
+@settings(FUZZ, max_examples=300)
+@given(**HEADER_FIELDS)
 def test_header_fields_overwritten(workdir, seed, choice, value):
     """Widths, heights, depths and offsets replaced by absurd values (the PNG header's CRC recomputed, so it is read)."""
     blob = bytearray(SEEDS[seed])
@@ -337,12 +349,15 @@ chunk_edit = st.one_of(
 added_chunk = st.tuples(st.sampled_from(CHUNK_KINDS), st.binary(max_size=40), st.booleans())
 
 
-@settings(FUZZ, max_examples=300)
-@given(
+PNG_CHUNKS = dict(
     seed=st.sampled_from([n for n in sorted(SEEDS) if n.endswith(".png")]),
     added=st.lists(added_chunk, max_size=3),
     edits=st.lists(st.tuples(chunk_edit, st.integers(min_value=0, max_value=1000)), max_size=3),
 )
+
+
+@settings(FUZZ, max_examples=300)
+@given(**PNG_CHUNKS)
 def test_png_chunks_damaged_with_valid_checksums(workdir, seed, added, edits):
     """Chunks added, edited, cut, dropped or repeated, every CRC correct: past the checksum, into each chunk's parser."""
     chunks = [list(c) for c in png_chunks(SEEDS[seed])]
@@ -390,6 +405,34 @@ def test_image_folder_skips_or_serves_every_mutated_file(tmp_path, monkeypatch):
         CASES["image_folder", "skipped" if folder.report.skipped else "served"] += 1
 
     scan()
+
+
+# The slow suite's deep run: the same five generators and checks as above with many more examples (other ones:
+# hypothesis derives them from this function, not the quick tests), over 10,000 inputs in all.
+DEEP = [
+    ("random_bytes", RANDOM_BYTES, 1600, lambda d, blob, suffix: test_random_bytes.hypothesis.inner_test(d, blob, suffix)),
+    ("behind_signature", BEHIND_SIGNATURE, 2000,
+     lambda d, suffix, tail: test_random_bytes_behind_a_real_signature.hypothesis.inner_test(d, suffix, tail)),
+    ("mutated", MUTATED, 3000, lambda d, seed, mutations: test_mutated_real_files.hypothesis.inner_test(d, seed, mutations)),
+    ("header_fields", HEADER_FIELDS, 2000,
+     lambda d, seed, choice, value: test_header_fields_overwritten.hypothesis.inner_test(d, seed, choice, value)),
+    ("png_chunks", PNG_CHUNKS, 1800,
+     lambda d, seed, added, edits: test_png_chunks_damaged_with_valid_checksums.hypothesis.inner_test(d, seed, added, edits)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, strategies, examples, body", DEEP, ids=[d[0] for d in DEEP])
+def test_deep_fuzz(workdir, name, strategies, examples, body):
+    @settings(FUZZ, max_examples=examples)
+    @given(**strategies)
+    def deep(**drawn):
+        ran.append(name)
+        body(workdir, **drawn)
+
+    ran: list[str] = []
+    deep()
+    assert len(ran) >= examples  # the promised count was really tried (hypothesis stops early only if it runs dry)
 
 
 # ---------------------------------------------------------------------------------------------
