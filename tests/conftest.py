@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 from pathlib import Path
@@ -15,6 +17,19 @@ from PIL import Image, ImageDraw
 torch.set_num_threads(1)
 # Tests run offline: no usage pings from gradio or gradio_client (read when they are imported).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # kept after the run (git-ignored)
+
+
+def report_artifact(request, filename: str, summary: dict, line: str) -> None:
+    """Keep a test module's counts in test-artifacts/FILENAME and print `line` past pytest's capture (a module
+    fixture's teardown output is captured otherwise)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / filename).write_text(json.dumps(summary, indent=2) + "\n")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n{line}")
 
 
 def draw_shapes(

@@ -8,7 +8,6 @@ printed and kept in test-artifacts/fuzz-checkpoints.json.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import random
 from pathlib import Path
@@ -16,32 +15,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import report_artifact
 from test_checkpoint import save, trained_looking_generator
 from travel.checkpoint import load_weights
 from travel.errors import CheckpointError
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # kept after the run (git-ignored)
 CASES: collections.Counter = collections.Counter()  # outcome -> count
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> tuple[Path, bytes, dict[str, torch.Tensor]]:
+def good(tmp_path_factory) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """A real release file's bytes and the tensors it loads to."""
     path = tmp_path_factory.mktemp("fuzz") / "good.safetensors"
     save(path, trained_looking_generator())
-    return path, path.read_bytes(), load_weights(path).state
+    return path.read_bytes(), load_weights(path).state
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report_case_counts(request):
     CASES.clear()
     yield
-    ARTIFACTS.mkdir(exist_ok=True)
     total = sum(n for key, n in CASES.items() if key.endswith(":inputs"))
-    (ARTIFACTS / "fuzz-checkpoints.json").write_text(json.dumps({"inputs": total, "by_case": dict(sorted(CASES.items()))}, indent=2) + "\n")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")  # teardown output is captured otherwise
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\nfuzz-checkpoints: {total} damaged files, each refused with one line or loaded whole "
-              "(test-artifacts/fuzz-checkpoints.json)")
+    line = (f"fuzz-checkpoints: {total} damaged files, each refused with one line or loaded whole "
+            "(test-artifacts/fuzz-checkpoints.json)")
+    report_artifact(request, "fuzz-checkpoints.json", {"inputs": total, "by_case": dict(sorted(CASES.items()))}, line)
 
 
 def outcome(blob: bytes, folder: Path, original: dict[str, torch.Tensor], case: str) -> str:
@@ -75,7 +72,7 @@ def with_header(header: bytes, rest: bytes) -> bytes:
 
 
 def test_random_bytes_are_refused(good, tmp_path):
-    _, data, original = good
+    data, original = good
     rng = random.Random(0)
     for i in range(1000):
         size = rng.choice([0, 1, 7, 8, 9, 64, 1000, rng.randrange(20_000)])
@@ -86,14 +83,14 @@ def test_random_bytes_are_refused(good, tmp_path):
 
 
 def test_truncations_at_every_sixteenth_are_refused(good, tmp_path):
-    _, data, original = good
+    data, original = good
     for k in range(16):
         assert outcome(data[: len(data) * k // 16], tmp_path, original, "truncated") == "refused"
     assert outcome(data[:-1], tmp_path, original, "truncated") == "refused"
 
 
 def test_header_lengths_beyond_the_file_are_refused(good, tmp_path):
-    _, data, original = good
+    data, original = good
     length, header, rest = split(data)
     for claimed in (length + 1, len(data) - 8 + 1, len(data), 2**31, 2**63, 2**64 - 1):
         assert outcome(claimed.to_bytes(8, "little") + data[8:], tmp_path, original, "header-length") == "refused"
@@ -102,7 +99,7 @@ def test_header_lengths_beyond_the_file_are_refused(good, tmp_path):
 
 def test_duplicate_keys_are_refused(good, tmp_path):
     """JSON parsers keep one of two equal keys quietly; safetensors did so for a tensor, loading one of two."""
-    _, data, original = good
+    data, original = good
     _, header, rest = split(data)
     parsed = json.loads(header)
     text = header.decode().rstrip()
@@ -118,7 +115,7 @@ def test_duplicate_keys_are_refused(good, tmp_path):
 
 
 def test_non_utf8_metadata_is_refused(good, tmp_path):
-    _, data, original = good
+    data, original = good
     _, header, rest = split(data)
     for needle in (b'"apples"', b'"oranges"', b'"summary"', b'"format"'):
         for bad in (b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"):
@@ -129,7 +126,7 @@ def test_non_utf8_metadata_is_refused(good, tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_header_bytes_overwritten_are_refused_or_harmless(good, tmp_path, seed):
-    _, data, original = good
+    data, original = good
     length, _, _ = split(data)
     rng = random.Random(seed)
     results = collections.Counter()

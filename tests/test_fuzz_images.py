@@ -7,7 +7,6 @@ import contextlib
 import faulthandler
 import functools
 import io
-import json
 import random
 import signal
 import struct
@@ -22,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import report_artifact
 import travel.data as data
 from travel.data import IMAGE_EXTENSIONS, ImageFolder, image_from_pil, image_to_tensor, load_image
 from travel.errors import DataError
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # kept after the run (git-ignored)
 # Mutated headers may claim any size; below this limit a case decodes in milliseconds, so the watchdog can be
 # tight. The default limit (1e8 pixels) bounds time as well, only at seconds per case: it has its own tests below.
 FUZZ_MAX_PIXELS = 1_000_000
@@ -48,13 +47,9 @@ def report_case_counts(request):
     counts = {test: {outcome: n for (t, outcome), n in sorted(CASES.items()) if t == test} for test in tests}
     inputs = sum(n for (_, outcome), n in CASES.items() if outcome == "inputs")
     decodes = sum(n for (_, outcome), n in CASES.items() if outcome in ("rgb", "data_error"))
-    ARTIFACTS.mkdir(exist_ok=True)
     summary = {"inputs": inputs, "decode_calls": decodes, "by_test": counts}
-    (ARTIFACTS / "fuzz-images.json").write_text(json.dumps(summary, indent=2) + "\n")
     line = f"fuzz-images: {inputs} inputs, {decodes} decode calls, all RGB or DataError (test-artifacts/fuzz-images.json)"
-    capture = request.config.pluginmanager.get_plugin("capturemanager")  # teardown output is captured otherwise
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{line}")
+    report_artifact(request, "fuzz-images.json", summary, line)
 
 
 class Hang(BaseException):
@@ -410,25 +405,22 @@ def test_image_folder_skips_or_serves_every_mutated_file(tmp_path, monkeypatch):
 # The slow suite's deep run: the same five generators and checks as above with many more examples (other ones:
 # hypothesis derives them from this function, not the quick tests), over 10,000 inputs in all.
 DEEP = [
-    ("random_bytes", RANDOM_BYTES, 1600, lambda d, blob, suffix: test_random_bytes.hypothesis.inner_test(d, blob, suffix)),
-    ("behind_signature", BEHIND_SIGNATURE, 2000,
-     lambda d, suffix, tail: test_random_bytes_behind_a_real_signature.hypothesis.inner_test(d, suffix, tail)),
-    ("mutated", MUTATED, 3000, lambda d, seed, mutations: test_mutated_real_files.hypothesis.inner_test(d, seed, mutations)),
-    ("header_fields", HEADER_FIELDS, 2000,
-     lambda d, seed, choice, value: test_header_fields_overwritten.hypothesis.inner_test(d, seed, choice, value)),
-    ("png_chunks", PNG_CHUNKS, 1800,
-     lambda d, seed, added, edits: test_png_chunks_damaged_with_valid_checksums.hypothesis.inner_test(d, seed, added, edits)),
+    ("random_bytes", RANDOM_BYTES, 1600, test_random_bytes),
+    ("behind_signature", BEHIND_SIGNATURE, 2000, test_random_bytes_behind_a_real_signature),
+    ("mutated", MUTATED, 3000, test_mutated_real_files),
+    ("header_fields", HEADER_FIELDS, 2000, test_header_fields_overwritten),
+    ("png_chunks", PNG_CHUNKS, 1800, test_png_chunks_damaged_with_valid_checksums),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, strategies, examples, body", DEEP, ids=[d[0] for d in DEEP])
-def test_deep_fuzz(workdir, name, strategies, examples, body):
+@pytest.mark.parametrize("name, strategies, examples, quick", DEEP, ids=[d[0] for d in DEEP])
+def test_deep_fuzz(workdir, name, strategies, examples, quick):
     @settings(FUZZ, max_examples=examples)
     @given(**strategies)
     def deep(**drawn):
         ran.append(name)
-        body(workdir, **drawn)
+        quick.hypothesis.inner_test(workdir, **drawn)  # the quick test's own body, on this draw
 
     ran: list[str] = []
     deep()

@@ -70,17 +70,17 @@ class SpeedSettings:
 def bench_config(settings: SpeedSettings) -> FitConfig:
     """The FitConfig `travel fit` would build from the same flags (its defaults otherwise)."""
     s = settings
-    model = model_config_for(
+    model = model_config_for(  # checks s.disc
         size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
         padding=s.padding, disc=s.disc,
     )
+    family = FAMILY_DEFAULTS[s.disc]
     return FitConfig(
         name="bench",
         model=model,
-        loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0, travel=FAMILY_DEFAULTS[s.disc].travel),
+        loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0, travel=family.travel),
         data=DataConfig(load_size=s.size, crop_size=s.size, augment=s.augment),
-        train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, lr_g=FAMILY_DEFAULTS[s.disc].lr_g,
-                          device=s.device,  # type: ignore[arg-type]
+        train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, lr_g=family.lr_g, device=s.device,  # type: ignore[arg-type]
                           precision=s.precision, seed=s.seed, channels_last=s.channels_last, compile=s.compile),  # type: ignore[arg-type]
     )
 
