@@ -21,7 +21,7 @@ from travel.cli import app
 from travel.config import DiscriminatorConfig, FitConfig
 from travel.data import image_to_tensor
 from travel.losses import anchor_d_loss, anchor_g_loss, per_image, pooled_embedding
-from travel.projected import ProjectedDiscriminator, ProjectedEmbedding, frozen_state
+from travel.projected import ProjectedDiscriminator, ProjectedEmbedding, RandomMixing, frozen_state
 from travel.train import fit
 
 DATA = Path(__file__).parent / "data"
@@ -123,6 +123,44 @@ def test_fit_never_changes_the_backbone(domains, tmp_path, monkeypatch):
     assert not any(".net." in k for k in saved["discriminator"])  # the resume state never holds the backbone
 
 
+def test_channel_mixing_is_fixed_and_scale_mixing_carries_deep_features_up():
+    torch.manual_seed(0)
+    features = [torch.randn(2, c, side, side) for c, side in zip(backbone.FEATURE_CHANNELS, (8, 4, 2, 1))]
+    ccm, csm = RandomMixing("ccm", backbone.FEATURE_CHANNELS), RandomMixing("ccm+csm", backbone.FEATURE_CHANNELS)
+    assert ccm.out_channels == (64, 128, 256, 512) and csm.out_channels == (64, 64, 128, 256)
+    assert [m.shape[-2:] for m in csm(features)] == [f.shape[-2:] for f in features]  # each scale keeps its grid
+    # A function of the config: two builds (two processes, a resume) draw the same projections, none is saved.
+    again = RandomMixing("ccm+csm", backbone.FEATURE_CHANNELS)
+    assert all(torch.equal(a, b) for a, b in zip(csm.buffers(), again.buffers()))
+    assert not list(csm.parameters()) and not csm.state_dict()
+    # Changing only the deepest map: channel mixing leaves the shallow scale alone; scale mixing carries it up.
+    deeper = [*features[:3], features[3] + 1.0]
+    assert torch.equal(ccm(features)[0], ccm(deeper)[0])
+    assert (csm(features)[0] - csm(deeper)[0]).abs().max() > 1e-3
+
+
+def test_mixing_needs_the_projected_family_and_is_recorded(domains, tmp_path):
+    src, dst = domains
+    runner = CliRunner()
+    base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["mixing"] == "none"
+    mixed = json.loads(runner.invoke(app, [*base, "--mixing", "ccm+csm"]).output)
+    assert mixed["model"]["discriminator"]["mixing"] == "ccm+csm"
+    for bad, words in ((["--mixing", "ccm", "--disc", "scratch"], "needs --disc projected"), (["--mixing", "all"], "mixing must be one of")):
+        result = runner.invoke(app, [*base, *bad])
+        assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
+    # A short fit with the mixing: the discriminator's trainable state holds only the heads, and resume reloads it.
+    config = projected_config(src, dst, steps=2, save_every=1)
+    disc = replace(config.model.discriminator, mixing="ccm+csm")
+    config = replace(config, model=replace(config.model, discriminator=disc))
+    result = fit(config, tmp_path / "run")
+    state = load_state(result.run_dir)
+    assert not any("ccm" in k or "csm" in k for k in state["discriminator"])
+    assert json.loads(state["config"])["model"]["discriminator"]["mixing"] == "ccm+csm"
+    resumed = fit(replace(config, train=replace(config.train, steps=3)), tmp_path / "run", resume=True)
+    assert resumed.step == 3 and not resumed.interrupted
+
+
 def test_separate_embedding_is_a_head_on_frozen_features():
     s = ProjectedEmbedding(DiscriminatorConfig(family="projected", vec_len=6, resolution=32))
     assert [name for name, _ in s.named_parameters()] == ["head.bias", "head.parametrizations.weight.original"]
@@ -187,8 +225,9 @@ def test_configs_saved_before_the_family_existed_are_scratch():
     from travel.config import from_dict, to_dict
 
     saved = to_dict(DiscriminatorConfig())
-    del saved["family"], saved["resolution"], saved["head_channels"]
-    assert from_dict(DiscriminatorConfig, saved).family == "scratch"
+    del saved["family"], saved["resolution"], saved["head_channels"], saved["mixing"]
+    loaded = from_dict(DiscriminatorConfig, saved)
+    assert loaded.family == "scratch" and loaded.mixing == "none"
 
 
 @pytest.mark.parametrize("module", ["travel.inference", "travel.export", "travel.cli"])

@@ -68,6 +68,7 @@ def fit(
     vec_len: Optional[int] = typer.Option(None, "--vec-len", help="Length of the discriminator's vectors. Default: 128 scratch, 32 projected (per patch)."),
     siamese: Optional[str] = typer.Option(None, "--siamese", help="shared: S is the discriminator; separate: S is its own network. Default: shared scratch, separate projected."),
     head_channels: int = typer.Option(64, "--head-channels", help="Projected discriminator: width of each scale's head."),
+    mixing: str = typer.Option("none", "--mixing", help="Projected discriminator: fixed random feature mixing, none, ccm (channels) or ccm+csm (channels and scales)."),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding: replicate or zeros (lets G paint frames)."),
@@ -118,7 +119,7 @@ def fit(
         name = name or (data.resolve().name if data and not (src or dst) else f"{source.resolve().name}2{target.resolve().name}")
         model = model_config_for(
             size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
-            padding=padding, disc=disc, head_channels=head_channels,
+            padding=padding, disc=disc, head_channels=head_channels, mixing=mixing,
         )
         family = FAMILY_DEFAULTS[disc]
         config = FitConfig(

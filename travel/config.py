@@ -23,6 +23,7 @@ DEFAULT_CHANNELS = 16
 # speed at 256 px on a CPU (docs/BENCHMARKS.md, "Border frames").
 # Saved configs without the key were trained with zeros and load so (GeneratorConfig.padding's "absent").
 DEFAULT_PADDING = "replicate"
+MIXING = ("none", "ccm", "ccm+csm")  # DiscriminatorConfig.mixing: the projected family's feature mixing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,12 +90,16 @@ class DiscriminatorConfig:
     rotation_head: bool = False  # 4-way rotation classifier on the pooled features (SS-GAN)
     resolution: int = 128  # projected: images are resized to this side before the backbone (64 px reads far better at 128)
     head_channels: int = 64  # projected: width of each scale's 3x3 head convolution
+    # projected: Projected GAN's fixed random mixing of the backbone's features before the heads: "ccm" mixes channels
+    # (a random 1x1 conv per scale), "ccm+csm" also mixes scales (deeper maps, upsampled, added to shallower ones).
+    mixing: Literal["none", "ccm", "ccm+csm"] = field(default="none", metadata={"absent": "none"})  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         _check(self.family in ("scratch", "projected"), f"discriminator family must be scratch or projected, got {self.family!r}")
         _check(self.resolution >= 32 and self.resolution % 32 == 0,
                f"projected resolution must be a multiple of 32 (the backbone's stride), got {self.resolution}")
         _check(self.head_channels >= 1, "head_channels must be >= 1")
+        _check(self.mixing in MIXING, f"mixing must be one of {', '.join(MIXING)}, got {self.mixing!r}")
         _check(self.channels in (1, 3), f"discriminator channels must be 1 or 3, got {self.channels}")
         _check(self.base_channels >= 4, "discriminator base_channels must be >= 4")
         _check(self.max_channels >= self.base_channels, "discriminator max_channels must be >= base_channels")
@@ -348,11 +353,12 @@ def projected_resolution_for(size: int) -> int:
 def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
-    head_channels: int = 64,
+    head_channels: int = 64, mixing: str = "none",
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
     vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""
     _check(disc in FAMILY_DEFAULTS, f"--disc must be one of {sorted(FAMILY_DEFAULTS)}, got {disc!r}")
+    _check(mixing == "none" or disc == "projected", f"--mixing {mixing} needs --disc projected (it mixes the backbone's features)")
     family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
@@ -363,5 +369,6 @@ def model_config_for(
         base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
         vec_len=vec_len if vec_len is not None else family.vec_len, rotation_head=rotation,
         resolution=projected_resolution_for(size), head_channels=head_channels,
+        mixing=mixing,  # type: ignore[arg-type]
     )
     return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese or family.siamese)  # type: ignore[arg-type]

@@ -53,15 +53,77 @@ class FrozenBackbone(nn.Module):
         return self.net(image)
 
 
+MIXING_SEED = 20211101  # the random projections are a function of the config: same in every process and resume
+MIXING_WIDTH = 64  # Projected GAN's cout: channel mixing widens the scales to 64, 128, 256, 512
+
+
+def _random_conv1x1(generator: torch.Generator, c_in: int, c_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [c_out, c_in, 1, 1] and bias [c_out], drawn as torch.nn.Conv2d initialises them: U(-b, b), b = c_in^-1/2."""
+    bound = c_in**-0.5
+    weight = (torch.rand(c_out, c_in, 1, 1, generator=generator) * 2 - 1) * bound
+    bias = (torch.rand(c_out, generator=generator) * 2 - 1) * bound
+    return weight, bias
+
+
+class RandomMixing(nn.Module):
+    """Projected GAN's fixed random projections of the feature pyramid (Sauer et al. 2021, its proj_type 2).
+
+    Cross-channel mixing (ccm): a random 1x1 convolution per scale, widening to 64, 128, 256, 512 channels, so that
+    no head can lean on a few of the backbone's channels. Cross-scale mixing (csm, on top of ccm): a top-down
+    pathway in which each deeper map, bilinearly upsampled, is added to the next shallower one before a random 1x1
+    convolution (to 64, 64, 128, 256 channels), so every scale's patches also see the deep, global features.
+    Unlike Projected GAN the maps keep their scale's resolution (it also upsamples each by 2), so the heads' patch
+    grid and cost stay as without mixing. Nothing here is trained: the weights are buffers drawn from a fixed seed,
+    left out of the state dict (a function of the config, like the backbone).
+    """
+
+    def __init__(self, mode: str, in_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.mode = mode
+        generator = torch.Generator().manual_seed(MIXING_SEED)
+        widths = [MIXING_WIDTH * 2**s for s in range(len(in_channels))]
+        for s, (c_in, c_out) in enumerate(zip(in_channels, widths)):
+            weight, bias = _random_conv1x1(generator, c_in, c_out)
+            self.register_buffer(f"ccm{s}_weight", weight, persistent=False)
+            self.register_buffer(f"ccm{s}_bias", bias, persistent=False)
+        if mode == "ccm+csm":
+            outs = [widths[0]] + widths[:-1]  # each scale's output matches the next shallower scale's channels
+            for s, (c_in, c_out) in enumerate(zip(widths, outs)):
+                weight, bias = _random_conv1x1(generator, c_in, c_out)
+                self.register_buffer(f"csm{s}_weight", weight, persistent=False)
+                self.register_buffer(f"csm{s}_bias", bias, persistent=False)
+            widths = outs
+        self.out_channels = tuple(widths)
+
+    def _conv(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        mixed = [self._conv(f"ccm{s}", f) for s, f in enumerate(features)]
+        if self.mode != "ccm+csm":
+            return mixed
+        out: list[torch.Tensor] = [mixed[-1]] * len(mixed)
+        deeper = None
+        for s in reversed(range(len(mixed))):
+            x = mixed[s]
+            if deeper is not None:
+                x = x + F.interpolate(deeper, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out[s] = deeper = self._conv(f"csm{s}", x)
+        return out
+
+
 class ProjectedDiscriminator(nn.Module):
-    """Frozen backbone; at each of its 4 scales an SN 3x3 conv (head_channels) + LeakyReLU + SN 1x1 conv to vec_len."""
+    """Frozen backbone (optionally with fixed random mixing); at each of its 4 scales an SN 3x3 conv (head_channels)
+    + LeakyReLU + SN 1x1 conv to vec_len."""
 
     def __init__(self, cfg: DiscriminatorConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = FrozenBackbone(cfg.resolution)
+        self.mixing = RandomMixing(cfg.mixing, FEATURE_CHANNELS) if cfg.mixing != "none" else None
+        channels = self.mixing.out_channels if self.mixing is not None else FEATURE_CHANNELS
         hidden = cfg.head_channels
-        self.hidden = nn.ModuleList(spectral_norm(nn.Conv2d(c, hidden, 3, padding=1)) for c in FEATURE_CHANNELS)
+        self.hidden = nn.ModuleList(spectral_norm(nn.Conv2d(c, hidden, 3, padding=1)) for c in channels)
         self.heads = nn.ModuleList(spectral_norm(nn.Conv2d(hidden, cfg.vec_len, 1)) for _ in FEATURE_CHANNELS)
         self.feature_dim = hidden * len(FEATURE_CHANNELS)
         self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
@@ -70,7 +132,10 @@ class ProjectedDiscriminator(nn.Module):
         self.register_buffer("patch_weights", weights, persistent=False)  # [P]; a function of the config, not state
 
     def _hidden(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return [F.leaky_relu(conv(f), 0.2) for conv, f in zip(self.hidden, self.backbone(image))]
+        features = self.backbone(image)
+        if self.mixing is not None:
+            features = self.mixing(features)
+        return [F.leaky_relu(conv(f), 0.2) for conv, f in zip(self.hidden, features)]
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: [N, C, H, W] in [-1, 1]. Returns one vector per patch and scale: [N, P, vec_len]."""
