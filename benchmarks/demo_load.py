@@ -1,6 +1,6 @@
 """Load test of the web demo: N gradio_client users send M translations to apps/demo.py on loopback; latency and memory.
 
-    python benchmarks/demo_load.py --clients 8 --requests 200 --size 128 [--ckpt PATH] [--out load.json]
+    python benchmarks/demo_load.py --clients 8 --requests 200 --size 128 [--malformed-every 10] [--ckpt PATH] [--out load.json]
 
 The app runs in a subprocess (`python apps/demo.py --host 127.0.0.1 --port P --device cpu`), so its memory can be
 sampled apart from the clients': the resident set (VmRSS) of the server and its children every ~0.1 s. Without
@@ -9,6 +9,10 @@ sampled apart from the clients': the resident set (VmRSS) of the server and its 
 its share of the M requests one after another, each a distinct SIZE x SIZE PNG translated at "a size of my
 choice" = SIZE; an answer counts only when it is a SIZE x SIZE image and the status names the file that was sent.
 Everything stops at --timeout; nothing leaves 127.0.0.1.
+
+With --malformed-every K, every K-th request uploads a damaged file instead (a truncated PNG, random bytes, an empty
+file, a text file named .jpg, in turn). Such a request counts as answered only when the app refuses it with one line
+that names the file (Gradio's AppError, what the page shows); an image, a traceback or a silence count as failures.
 
 Memory over the run: the requests are split into quarters by the time they were answered, and the largest RSS
 seen in each quarter is reported. Growth = last quarter's peak - first quarter's peak (the first quarter is the
@@ -74,6 +78,25 @@ def picture(size: int, *, seed: int) -> Image.Image:
     phase = seed * 0.7
     channels = [127 + 120 * np.sin(x / (5 + k) + y / (7 - k) + phase + k) for k in range(3)]
     return Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8), mode="RGB")
+
+
+MALFORMED_KINDS = ("truncated.png", "random.png", "empty.png", "text.jpg")
+
+
+def malformed_file(path: Path, *, size: int, seed: int) -> Path:
+    """A damaged upload of kind MALFORMED_KINDS[seed % 4], written at `path` with that kind's suffix."""
+    kind = MALFORMED_KINDS[seed % len(MALFORMED_KINDS)]
+    path = path.with_name(f"{path.stem}-{kind}")
+    if kind == "truncated.png":
+        picture(size, seed=seed).save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "random.png":
+        path.write_bytes(np.random.default_rng(seed).integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    elif kind == "empty.png":
+        path.write_bytes(b"")
+    else:
+        path.write_text("this is not a picture\n")
+    return path
 
 
 def free_port() -> int:
@@ -195,6 +218,7 @@ class Outcome:
     done_s: float
     ok: bool
     error: str = ""
+    malformed: bool = False  # a damaged upload: ok means it was refused with one line naming the file
 
     @property
     def latency_s(self) -> float:
@@ -206,6 +230,7 @@ class ClientPlan:
     client: int
     files: list[Path]
     outcomes: list[Outcome] = field(default_factory=list)
+    malformed: set[int] = field(default_factory=set)  # indices into files of the damaged uploads
     setup_error: str = ""
 
 
@@ -240,6 +265,25 @@ def _one_request(client: Any, path: Path, *, key: str, size: int, timeout: float
             shutil.rmtree(Path(returned).parent, ignore_errors=True)
 
 
+def _one_malformed_request(client: Any, path: Path, *, key: str, size: int, timeout: float) -> str:
+    """Send a damaged upload; returns the app's refusal, or raises when it answered anything but one line naming it."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    job = client.submit(handle_file(str(path)), key, "custom", size, None, api_name="/translate")
+    try:
+        job.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        job.cancel()
+        raise concurrent.futures.TimeoutError("no answer before the run's --timeout") from None
+    except AppError as exc:
+        message = str(exc).strip()
+        if "\n" in message or path.name not in message or "Traceback" in message:
+            raise ValueError(f"refused, but not in one line naming the file: {message[:200]!r}") from None
+        return message
+    raise ValueError("a damaged upload was answered with an image")
+
+
 def _client_thread(plan: ClientPlan, *, url: str, size: int, downloads: Path, start: threading.Barrier, deadline: float) -> None:
     from gradio_client import Client
 
@@ -260,12 +304,17 @@ def _client_thread(plan: ClientPlan, *, url: str, size: int, downloads: Path, st
         if remaining <= 0:
             return  # not sent: counted as lost by the report
         sent = time.perf_counter()
+        malformed = index in plan.malformed
         try:
-            _one_request(client, path, key=key, size=size, timeout=remaining)
-            plan.outcomes.append(Outcome(plan.client, index, sent, time.perf_counter(), True))
+            refusal = ""
+            if malformed:
+                refusal = _one_malformed_request(client, path, key=key, size=size, timeout=remaining)
+            else:
+                _one_request(client, path, key=key, size=size, timeout=remaining)
+            plan.outcomes.append(Outcome(plan.client, index, sent, time.perf_counter(), True, refusal, malformed))
         except Exception as exc:  # noqa: BLE001 -- every failure is counted and its reason kept
             message = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            plan.outcomes.append(Outcome(plan.client, index, sent, time.perf_counter(), False, message))
+            plan.outcomes.append(Outcome(plan.client, index, sent, time.perf_counter(), False, message, malformed))
     getattr(client, "close", lambda: None)()  # gradio_client releases its threads (older versions lack close)
 
 
@@ -275,13 +324,15 @@ def _client_thread(plan: ClientPlan, *, url: str, size: int, downloads: Path, st
 
 def run_load(
     *, clients: int, requests: int, size: int, checkpoint: Path | None = None, channels: int | None = None, port: int = 0,
-    timeout_s: float = 900.0,
+    timeout_s: float = 900.0, malformed_every: int = 0,
     concurrency: int | None = None, server_threads: int | None = None, app: Path = DEMO_APP,
     progress: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Serve the demo, send `requests` translations from `clients` parallel users, and report what came back."""
     if clients < 1 or requests < clients:
         raise ValueError(f"need clients >= 1 and requests >= clients, got {clients} clients, {requests} requests")
+    if malformed_every < 0:
+        raise ValueError(f"malformed_every must be >= 0, got {malformed_every}")
     if not 16 <= size <= 2048:
         raise ValueError(f"size must be in 16..2048 (the demo's custom-size range), got {size}")
     deadline = time.monotonic() + timeout_s
@@ -298,7 +349,11 @@ def run_load(
             plan = plans[k % clients]
             path = workdir / "inputs" / f"c{plan.client:02d}-r{len(plan.files):04d}.png"
             path.parent.mkdir(exist_ok=True)
-            picture(size, seed=k).save(path)
+            if malformed_every and k % malformed_every == malformed_every - 1:
+                path = malformed_file(path, size=size, seed=k // malformed_every)
+                plan.malformed.add(len(plan.files))
+            else:
+                picture(size, seed=k).save(path)
             plan.files.append(path)
 
         server = DemoServer(
@@ -342,19 +397,25 @@ def run_load(
             sampler.stop()
             server.stop()
     return _report(
-        plans, clients=clients, requests=requests, size=size, wall=wall, samples=sampler.samples, load_started=started[0],
+        plans, clients=clients, requests=requests, size=size, wall=wall, malformed_every=malformed_every, samples=sampler.samples, load_started=started[0],
         rss_start=rss_start, rss_end=rss_end, disk=disk, checkpoint=label, server_exit=server_exit,
     )
 
 
 def _report(
-    plans: Sequence[ClientPlan], *, clients: int, requests: int, size: int, wall: float, samples: list[tuple[float, int]],
+    plans: Sequence[ClientPlan], *, clients: int, requests: int, size: int, wall: float, malformed_every: int, samples: list[tuple[float, int]],
     load_started: float, rss_start: int, rss_end: int, disk: int, checkpoint: str, server_exit: int | None,
 ) -> dict[str, Any]:
     outcomes = sorted((o for plan in plans for o in plan.outcomes), key=lambda o: o.done_s)
     answered = [o for o in outcomes if o.ok]
     failed = [o for o in outcomes if not o.ok]
-    latencies = np.array([o.latency_s for o in answered])
+    latencies = np.array([o.latency_s for o in answered if not o.malformed])
+    malformed = [o for o in outcomes if o.malformed]
+    refusals: dict[str, int] = {}
+    for o in malformed:
+        if o.ok:  # the refusal's wording with the file name taken out: one entry per kind of damage
+            words = o.error.replace(plans[o.client].files[o.index].name, "FILE")
+            refusals[words] = refusals.get(words, 0) + 1
     mb = 1 / 2**20
 
     quarters = [rss * mb for rss in _peaks(outcomes, samples, load_started=load_started, parts=4)]
@@ -373,6 +434,10 @@ def _report(
         "answered": len(answered),
         "failed": len(failed),
         "lost": requests - len(answered),  # failed, never sent (timeout) or from a client that could not connect
+        "malformed_every": malformed_every,
+        "malformed_sent": len(malformed),
+        "malformed_refused_in_one_line": sum(o.ok for o in malformed),
+        "refusals": refusals,
         "client_setup_errors": [plan.setup_error for plan in plans if plan.setup_error],
         "errors": dict(sorted(errors.items(), key=lambda item: -item[1])[:5]),
         "wall_s": round(wall, 2),
@@ -382,7 +447,7 @@ def _report(
             "p95": round(float(np.percentile(latencies, 95)), 3),
             "max": round(float(np.max(latencies)), 3),
             "mean": round(float(np.mean(latencies)), 3),
-        } if answered else None,
+        } if len(latencies) else None,
         "server_rss_mb": {
             "start": round(rss_start * mb, 1),  # ready, before any client connected
             "after_warmup": round(quarters[0], 1) if quarters else None,  # peak during the first quarter
@@ -425,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="Port on 127.0.0.1 (0: a free one).")
     parser.add_argument("--concurrency", type=int, default=None, help="The app's --concurrency (default: the app's).")
     parser.add_argument("--server-threads", type=int, default=None, help="OMP_NUM_THREADS for the app (default: torch's).")
+    parser.add_argument("--malformed-every", type=int, default=0, help="Every K-th request uploads a damaged file (0: none).")
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds for the whole run; unsent requests are lost.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the report here as JSON.")
     args = parser.parse_args(argv)
@@ -437,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run_load(
             clients=args.clients, requests=args.requests, size=args.size, checkpoint=args.ckpt, channels=args.channels,
-            port=args.port,
+            port=args.port, malformed_every=args.malformed_every,
             timeout_s=args.timeout, concurrency=args.concurrency, server_threads=args.server_threads,
             progress=lambda message: print(message, file=sys.stderr, flush=True),
         )

@@ -48,16 +48,31 @@ def _leaky_app(folder: Path, *, megabytes: int) -> Path:
 
 @pytest.mark.slow
 def test_parallel_clients_all_get_their_answer_and_memory_stays_flat():
-    report = demo_load.run_load(clients=4, requests=60, size=32, server_threads=1, timeout_s=240)
+    # One upload in ten is damaged (truncated, random bytes, empty, text): each must be refused in one line naming
+    # the file, while the other 54 are translated.
+    report = demo_load.run_load(clients=4, requests=60, size=32, server_threads=1, timeout_s=240, malformed_every=10)
 
     assert report["server_exit_status"] is None, "the demo died under load"
     assert report["client_setup_errors"] == []
     assert report["errors"] == {}
     assert (report["sent"], report["answered"], report["failed"], report["lost"]) == (60, 60, 0, 0)
+    assert (report["malformed_sent"], report["malformed_refused_in_one_line"]) == (6, 6)
+    assert sum(report["refusals"].values()) == 6 and all(words.startswith("FILE: ") for words in report["refusals"])
     memory = report["server_rss_mb"]
     assert report["rss_samples"] > 10 and memory["start"] > 100  # torch + Gradio: the sampler saw the server
     assert len(memory["quarters"]) == 4
     assert memory["growth_last_quarter"] <= GROWTH_BOUND_MB, memory
+
+
+@pytest.mark.parametrize("kind", range(len(demo_load.MALFORMED_KINDS)))
+def test_every_kind_of_damaged_upload_is_one_the_loader_refuses(tmp_path, kind):
+    from travel.data import load_image
+    from travel.errors import DataError
+
+    path = demo_load.malformed_file(tmp_path / "c00-r0000.png", size=32, seed=kind)
+    assert path.name.endswith(demo_load.MALFORMED_KINDS[kind])
+    with pytest.raises(DataError):
+        load_image(path)
 
 
 @pytest.mark.slow
