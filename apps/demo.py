@@ -36,6 +36,10 @@ DEFAULT_CACHED_MODELS = 3  # loaded checkpoints kept in memory, least recently u
 CUSTOM_SIZES = (16, 2048)  # range of the "size of my choice" slider (shorter side, pixels)
 OUTPUT_MAX_AGE_S = 3600  # downloads older than this are deleted (Gradio keeps its own copy for the page)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# The shipped models' own held-out examples (the repository's examples/, Twemoji and AR PL UMing; licences in
+# examples/README.md), offered first so the page shows what each model does at a glance; then our CC0 drawings.
+SHIPPED_EXAMPLES = ("emoji/1f431.png", "emoji/1f437.png", "glyphs/4e5d.png", "glyphs/4fdd.png")
+SHIPPED_EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
 RESOLUTIONS = {  # value (what API clients send) -> label shown in the page
     "model": "the model's training size",
@@ -415,7 +419,8 @@ def build_app(
         ($TRAVEL_RUNS) and the shipped weights; the first is opened first (default: DEFAULT_CHECKPOINT if found).
     max_pixels, max_file_size: uploads above these are refused with a message in the page.
     concurrency: translations running at once; up to `queue_size` more requests wait their turn.
-    examples: images offered as examples (default: the bundled apps/examples/*.png).
+    examples: images offered as examples (default: the shipped models' held-out examples, SHIPPED_EXAMPLES, where
+        the repository has them, then the bundled apps/examples/*.png).
     """
     for name, value in (("max_pixels", max_pixels), ("max_file_size", max_file_size), ("concurrency", concurrency),
                         ("queue_size", queue_size), ("cached_models", cached_models)):
@@ -428,7 +433,8 @@ def build_app(
     )
     opening = _opening(state)
     if examples is None:
-        examples = sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
+        examples = [p for p in (SHIPPED_EXAMPLES_DIR / name for name in SHIPPED_EXAMPLES) if p.is_file()]
+        examples += sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
 
     # delete_cache: Gradio's copies of uploads and results older than an hour are removed, hourly.
     blocks = gr.Blocks(

@@ -165,12 +165,13 @@ def test_upload_translate_and_download(page, tmp_path):
     assert Image.open(shot).size[0] >= 1280
 
 
-def test_a_bundled_example_translates(page):
-    page.locator("#examples img[src*='smiley.png']").click()
+@pytest.mark.parametrize("example", ["smiley.png", "1f431.png"])  # a CC0 drawing; a shipped model's held-out example
+def test_a_bundled_example_translates(page, example):
+    page.locator(f"#examples img[src*='{example}']").click()
     page.locator("#source-image img").wait_for()
     before, after, status = translate_in_page(page)
     assert before.size == after.size == (IMAGE_SIZE, IMAGE_SIZE)  # the 128 x 128 example at the training size
-    assert "smiley.png" in status
+    assert example in status
 
 
 def test_choosing_a_self_conditioned_checkpoint_offers_its_styles(page, tmp_path):
