@@ -210,6 +210,44 @@ def test_cli_builds_glyphs_and_reports_errors_in_one_line(tmp_path, fonts):
     assert missing.exit_code == 2 and missing.output.count("\n") == 1 and missing.output.startswith("error:")
 
 
+def test_a_mixed_style_target_records_each_images_true_style(tmp_path, fonts):
+    # Two styles of domain B: Aileron and DejaVu Serif (the same font twice where DejaVu is missing, as two faces
+    # cannot then be told apart, the check below of which font drew each image is skipped).
+    styles = [(fonts[0], 0), (fonts[1], 0)] if fonts[0] != fonts[1] else None
+    if styles is None:
+        pytest.skip("needs DejaVu Serif beside Pillow's font")
+    result = build(tmp_path / "mixed", fonts, style_fonts=styles)
+    record = datasets.read_styles(tmp_path / "mixed")
+    assert [s["id"] for s in record["styles"]] == [0, 1]
+    for split in ("trainB", "testB"):
+        assert set(record[split]) == names_in(tmp_path / "mixed" / split)  # every target has its style, no other
+    ids = [*record["trainB"].values(), *record["testB"].values()]
+    assert abs(ids.count(0) - ids.count(1)) <= 1  # an equal share each
+    assert [s["trainB"] + s["testB"] for s in result.card["styles"]] == [ids.count(0), ids.count(1)]
+    # Each target image is the rendering of its character in the font of its recorded style, not the other's.
+    splits = json.loads((tmp_path / "mixed" / "splits.json").read_text())
+    faces = [datasets.load_font(path, index=0, em=4 * SIZE, role="style") for path, _ in styles]
+    for name, style in list(record["trainB"].items())[:6]:
+        saved = np.asarray(Image.open(tmp_path / "mixed" / "trainB" / f"{name}.png"))
+        drawn = [np.asarray(datasets.render_glyph(face, splits["trainB"][name], size=SIZE, margin=MARGIN)) for face in faces]
+        assert np.array_equal(saved, drawn[style]) and not np.array_equal(saved, drawn[1 - style]), name
+    assert "--style-font" in result.card["rebuild"] and "mixed-style target" in result.card["description"]
+    assert datasets.read_styles(tmp_path / "nothing-here") is None
+    (tmp_path / "mixed" / "styles.json").write_text('{"styles": [], "trainB": {"x": 3}, "testB": {}}')
+    with pytest.raises(DataError, match="not a readable styles file"):
+        datasets.read_styles(tmp_path / "mixed")
+
+
+def test_mixed_style_options_are_checked_in_one_line(tmp_path, fonts):
+    runner = CliRunner()
+    common = ["data", "glyphs", "--source-font", str(fonts[0]), "--size", "32", "--chars", CHARS]
+    for extra, words in ((["--style-font", str(fonts[1])], "at least two style fonts"),
+                         (["--style-font", f"{fonts[1]}#x", "--style-font", str(fonts[0])], "must be a number"),
+                         (["--style-font", str(fonts[1]), "--style-font", str(fonts[1])], "may be given once")):
+        result = runner.invoke(app, [*common, *extra, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and words in result.output, result.output
+
+
 # ---------------------------------------------------------------------------------------------
 # Emoji, from small generated stand-ins for the two npm packages.
 

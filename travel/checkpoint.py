@@ -23,6 +23,7 @@ from travel.models import Generator, build_generator
 
 WEIGHTS_FORMAT = "travel-generator"
 STATE_FILE = "state.pt"
+CLUSTERS_FILE = "clusters.json"  # a self-conditioned run's clusters: each real target's id, and the frequencies
 LOCK_FILE = ".lock"
 MAX_METADATA_CHARS = 1_000_000  # a travel header is a few KB; anything huge is not ours
 MAX_DOMAIN_CHARS = 200

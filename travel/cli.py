@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -80,6 +80,10 @@ def fit(
     rotation_decay: bool = typer.Option(True, "--rotation-decay/--no-rotation-decay", help="Decay alpha linearly to 0."),
     clusters: int = typer.Option(0, "--clusters", help="Self-conditioning: K style clusters of the targets (0 = off)."),
     recluster_every: int = typer.Option(1000, "--recluster-every", help="Steps between reclusterings."),
+    cluster_features: str = typer.Option(
+        "discriminator", "--cluster-features",
+        help="What self-conditioning clusters: discriminator (D's trunk features, reclustered as D learns) or backbone (style statistics of the frozen ImageNet features, clustered once).",
+    ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Differentiable augmentation for the discriminator."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same run."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
@@ -129,7 +133,7 @@ def fit(
                 travel=travel_weight if travel_weight is not None else family.travel, r1_gamma=r1, rotation_d=rotation_d if rotation else 0.0, rotation_g=rotation_g,
                 rotation_g_decay=rotation_decay,
             ),
-            clusters=ClusterConfig(clusters=clusters, recluster_every=recluster_every),
+            clusters=ClusterConfig(clusters=clusters, recluster_every=recluster_every, features=cluster_features),  # type: ignore[arg-type]
             data=DataConfig(
                 source=str(source.resolve()), target=str(target.resolve()),
                 load_size=load_size if load_size is not None else max(size, round(size * 1.12)), crop_size=size,
@@ -569,6 +573,11 @@ def data_glyphs(
     ),
     source_index: int = typer.Option(0, "--source-index", help="Face in a .ttc collection (0: the CN face)."),
     target_index: int = typer.Option(0, "--target-index", help="Face in a .ttc collection (0: the CN face)."),
+    style_font: Optional[List[str]] = typer.Option(
+        None, "--style-font",
+        help="FONT or FONT#FACE, two or more times: domain B mixes these styles instead of --target-font, an equal "
+        "share each, and styles.json records each target's true style (for scoring self-conditioning).",
+    ),
     margin: float = typer.Option(1 / 16, "--margin", help="White border per side, as a fraction of the size."),
     test_fraction: float = typer.Option(0.1, "--test-fraction", help="Share of characters held out as test pairs."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N characters by code point (trial builds)."),
@@ -579,12 +588,25 @@ def data_glyphs(
     """GB2312's 6,763 hanzi in a Song font (A) and a Kai font (B), ink-cropped, in the CycleGAN layout."""
     from travel.datasets import build_glyphs
 
-    folder = out or Path("data") / f"glyphs-{size}"
+    styles = [_font_and_face(value) for value in style_font or []]
+    folder = out or Path("data") / (f"glyph-styles-{size}" if styles else f"glyphs-{size}")
     _run_build(
         "glyphs", build_glyphs, folder, size=size, seed=seed, source_font=source_font, target_font=target_font,
-        source_index=source_index, target_index=target_index, margin=margin, test_fraction=test_fraction, limit=limit,
+        source_index=source_index, target_index=target_index, style_fonts=styles, margin=margin,
+        test_fraction=test_fraction, limit=limit,
         characters=list(chars) if chars else None, overwrite=overwrite, compare_card=compare,
     )
+
+
+def _font_and_face(value: str) -> tuple[Path, int]:
+    """--style-font FONT or FONT#FACE (the face index in a .ttc collection) as (path, face)."""
+    from travel.errors import ConfigError
+
+    path, _, face = value.rpartition("#") if "#" in value else (value, "", "0")
+    try:
+        return Path(path), int(face)
+    except ValueError:
+        raise ConfigError(f"--style-font {value}: the face after # must be a number (FONT#2)") from None
 
 
 @data_app.command("emoji")

@@ -157,12 +157,18 @@ class ClusterConfig:
     recluster_every: int = 1000  # steps between k-means runs (warm-started, ids kept by Hungarian matching)
     subset: int = 1000  # at most this many real targets (a fixed, seeded subset) are clustered; the rest are assigned
     anchor_scale: float = 1.0  # anchor c_k = anchor_scale * sqrt(L) * e_k, so anchors lie 2 * scale^2 apart in d
+    # What is clustered: "discriminator" = D's pooled trunk features (trained, so reclustered as D learns);
+    # "backbone" = channel means and stds of the frozen ImageNet backbone's 4 scales, standardised (style
+    # statistics; frozen, so clustered once). Either discriminator family; "backbone" needs the backbone wheel.
+    features: Literal["discriminator", "backbone"] = field(default="discriminator", metadata={"absent": "discriminator"})  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         _check(self.clusters >= 0, f"clusters must be >= 0, got {self.clusters}")
         _check(self.clusters != 1, "clusters must be 0 (off) or at least 2")
         _check(self.recluster_every >= 1, "recluster_every must be >= 1")
         _check(self.subset >= 2, "the clustering subset must hold at least 2 images")
+        _check(self.features in ("discriminator", "backbone"),
+               f"cluster features must be discriminator or backbone, got {self.features!r}")
         _check(self.anchor_scale > 0, "anchor_scale must be > 0")
 
 

@@ -29,6 +29,7 @@ SPLITS = ("trainA", "trainB", "testA", "testB")
 CARD_FILE = "dataset_card.json"
 CARD_MARKDOWN = "README.md"
 SPLITS_FILE = "splits.json"
+STYLES_FILE = "styles.json"  # mixed-style targets: each trainB / testB image's true style (build_glyphs style_fonts)
 
 DEFAULT_SOURCE_FONT = Path("/usr/share/fonts/truetype/arphic/uming.ttc")  # Debian fonts-arphic-uming
 DEFAULT_TARGET_FONT = Path("/usr/share/fonts/truetype/arphic/ukai.ttc")  # Debian fonts-arphic-ukai
@@ -231,6 +232,7 @@ def build_glyphs(
     target_font: str | Path = DEFAULT_TARGET_FONT,
     source_index: int = 0,  # face in a .ttc: 0 is "AR PL UMing CN" / "AR PL UKai CN", the simplified-Chinese faces
     target_index: int = 0,
+    style_fonts: Sequence[tuple[str | Path, int]] = (),  # >= 2 (font, face index): domain B mixes these styles
     size: int = 64,  # output images are size x size
     margin: float = 1 / 16,  # white border on each side, as a fraction of size
     seed: int = 0,
@@ -247,22 +249,31 @@ def build_glyphs(
     Characters are split three ways by a seeded shuffle: about (1 - test_fraction) / 2 only in trainA, as many only in
     trainB, test_fraction in testA + testB as pairs with the same file name. A character a font does not draw is
     skipped where that font is needed, and listed in the card.
+
+    With style_fonts (two or more), domain B is a mixed-style target instead of target_font: every character that
+    domain B needs is drawn in one of those fonts, assigned by a seeded shuffle so that each style gets an equal
+    share (within one), and styles.json records each trainB and testB image's true style, for scoring
+    self-conditioning (cluster purity, NMI, style consistency).
     """
     margin_px = _check_common(size=size, margin=margin, seed=seed, test_fraction=test_fraction, limit=limit)
     out = Path(out).expanduser()
     source_font, target_font = Path(source_font).expanduser(), Path(target_font).expanduser()
+    styles = [(Path(path).expanduser(), int(index)) for path, index in style_fonts]
+    if len(styles) == 1:
+        raise ConfigError("a mixed-style target needs at least two style fonts (one font: use the target font)")
+    if len(set(styles)) != len(styles):
+        raise ConfigError("each style font (and face) may be given once")
     notes: list[str] = []
     warn = _warner(notes, message_fn)
 
     em = 4 * size  # render large, then reduce with Lanczos: even strokes, no small-size hinting artefacts
-    fonts = {
-        "A": load_font(source_font, index=source_index, em=em, role="source"),
-        "B": load_font(target_font, index=target_index, em=em, role="target"),
-    }
-    probes = {
-        "A": GlyphCoverage(load_font(source_font, index=source_index, em=48, role="source")),
-        "B": GlyphCoverage(load_font(target_font, index=target_index, em=48, role="target")),
-    }
+    targets = styles or [(target_font, target_index)]  # domain B's fonts: one, or one per style
+    source = load_font(source_font, index=source_index, em=em, role="source")
+    style_faces = [load_font(path, index=index, em=em, role=f"style {k}" if styles else "target")
+                   for k, (path, index) in enumerate(targets)]
+    source_probe = GlyphCoverage(load_font(source_font, index=source_index, em=48, role="source"))
+    style_probes = [GlyphCoverage(load_font(path, index=index, em=48, role=f"style {k}" if styles else "target"))
+                    for k, (path, index) in enumerate(targets)]
     if characters is None:
         characters = gb2312_characters()
         character_set = "GB2312 levels 1 and 2 (6,763 hanzi)"
@@ -280,12 +291,18 @@ def build_glyphs(
     software = _software(emoji=False)
     _check_reference(software, GLYPH_REFERENCE_SOFTWARE, warn)
     roles = assign_splits(items, seed=seed, test_fraction=test_fraction)
+    # The style of every character domain B needs: a seeded shuffle dealt round-robin, so the shares are equal.
+    needs_b = [char for char in items if roles[char] in ("B", "test")]
+    random.Random(f"styles-{seed}").shuffle(needs_b)
+    style_of = {char: k % len(targets) for k, char in enumerate(needs_b)}
 
     with _Staging(out, overwrite=overwrite) as stage:
         previous = stage.previous_card
         # Coverage is checked for every character in both fonts (not only where a font is needed), for the card.
-        lacks = {role: [char for char in items if not probes[role].draws(char)] for role in ("A", "B")}
+        lacks = {"A": [char for char in items if not source_probe.draws(char)],
+                 "B": [char for char in items if not style_probes[style_of.get(char, 0)].draws(char)]}
         names: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
+        true_styles: dict[str, dict[str, int]] = {"trainB": {}, "testB": {}}
         skipped: dict[str, list[str]] = {}
         missing = {role: set(chars) for role, chars in lacks.items()}
         for done, char in enumerate(items, 1):
@@ -297,7 +314,8 @@ def build_glyphs(
                 skipped.setdefault(f"{reason} (assigned to {_role_label(role)})", []).append(codepoint_name(char))
             else:
                 name = codepoint_name(char)
-                images = {need: render_glyph(fonts[need], char, size=size, margin=margin_px) for need in needs}
+                faces = {"A": source, "B": style_faces[style_of.get(char, 0)]}
+                images = {need: render_glyph(faces[need], char, size=size, margin=margin_px) for need in needs}
                 if any(image is None for image in images.values()):  # drawn at the probe size, empty at this one
                     skipped.setdefault(f"empty render (assigned to {_role_label(role)})", []).append(name)
                     images = {}
@@ -305,21 +323,33 @@ def build_glyphs(
                     split = ("test" if role == "test" else "train") + need
                     image.save(stage.path / split / f"{name}.png", format="PNG")
                     names[split][name] = char
+                    if need == "B":
+                        true_styles[split][name] = style_of[char]
             if progress_fn is not None:
                 progress_fn(done, len(items))
 
-        sources = [
-            _font_source(source_font, fonts["A"], index=source_index, role="A (source)"),
-            _font_source(target_font, fonts["B"], index=target_index, role="B (target)"),
+        sources = [_font_source(source_font, source, index=source_index, role="A (source)")] + [
+            _font_source(path, face, index=index, role=f"B (target), style {k}" if styles else "B (target)")
+            for k, ((path, index), face) in enumerate(zip(targets, style_faces))
         ]
-        card = {
-            "dataset": "glyphs",
-            "description": (
-                f"Characters rendered in two fonts: {fonts['A'].getname()[0]} (domain A"
-                f"{', Song/Ming style' if source_font == DEFAULT_SOURCE_FONT else ''}) to {fonts['B'].getname()[0]} "
+        if styles:
+            description = (
+                f"Characters rendered in {source.getname()[0]} (domain A) to a mixed-style target (domain B): each "
+                f"character in one of {len(styles)} fonts ("
+                + ", ".join(f"style {k}: {face.getname()[0]}" for k, face in enumerate(style_faces))
+                + f"), an equal share each; {STYLES_FILE} records every trainB and testB image's style. Unpaired for "
+                "training; testA/testB are ground-truth pairs with matching file names."
+            )
+        else:
+            description = (
+                f"Characters rendered in two fonts: {source.getname()[0]} (domain A"
+                f"{', Song/Ming style' if source_font == DEFAULT_SOURCE_FONT else ''}) to {style_faces[0].getname()[0]} "
                 f"(domain B{', Kai/brush style' if target_font == DEFAULT_TARGET_FONT else ''}). Unpaired for training; "
                 "testA/testB are ground-truth pairs with matching file names."
-            ),
+            )
+        card = {
+            "dataset": "glyphs",
+            "description": description,
             **_card_common("build_glyphs", seed=seed, size=size, margin_px=margin_px, test_fraction=test_fraction),
             "items": {
                 "set": character_set,
@@ -343,24 +373,54 @@ def build_glyphs(
             "software_matches_reference": _matches(software, GLYPH_REFERENCE_SOFTWARE),
             "rebuild": _rebuild_command(
                 "glyphs", size=size, seed=seed, margin=margin, test_fraction=test_fraction, limit=limit,
-                extra=_glyph_flags(source_font, target_font, source_index, target_index)
+                extra=_glyph_flags(source_font, target_font, source_index, target_index, styles)
                 + ([] if character_set.startswith("GB2312") else ["--chars", "".join(items)]),
             ),
         }
+        if styles:
+            card["styles"] = [
+                {"id": k, "face": " ".join(face.getname()).strip(), "file": str(path), "face_index": index,
+                 **{split: sum(1 for v in true_styles[split].values() if v == k) for split in ("trainB", "testB")}}
+                for k, ((path, index), face) in enumerate(zip(targets, style_faces))
+            ]
+            record = {"styles": [{"id": k, "face": entry["face"]} for k, entry in enumerate(card["styles"])],
+                      **{split: dict(sorted(v.items())) for split, v in true_styles.items()}}
+            (stage.path / STYLES_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         return stage.finish(card=card, names=names, skipped=skipped, notes=notes, warn=warn, compare_card=compare_card, previous=previous)
 
 
-def _glyph_flags(source: Path, target: Path, source_index: int, target_index: int) -> list[str]:
+def _glyph_flags(source: Path, target: Path, source_index: int, target_index: int,
+                 styles: Sequence[tuple[Path, int]] = ()) -> list[str]:
     flags = []
     if source != DEFAULT_SOURCE_FONT:
         flags += ["--source-font", str(source)]
-    if target != DEFAULT_TARGET_FONT:
-        flags += ["--target-font", str(target)]
     if source_index:
         flags += ["--source-index", str(source_index)]
+    if styles:
+        for path, index in styles:
+            flags += ["--style-font", f"{path}#{index}" if index else str(path)]
+        return flags
+    if target != DEFAULT_TARGET_FONT:
+        flags += ["--target-font", str(target)]
     if target_index:
         flags += ["--target-index", str(target_index)]
     return flags
+
+
+def read_styles(data_dir: str | Path) -> dict[str, Any] | None:
+    """A mixed-style dataset's styles.json ({"styles": [...], "trainB": {name: id}, "testB": {name: id}}), or None."""
+    path = Path(data_dir) / STYLES_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        k = len(record["styles"])
+        for split in ("trainB", "testB"):
+            if not all(isinstance(v, int) and 0 <= v < k for v in record[split].values()):
+                raise ValueError(f"a style id out of range in {split}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a readable styles file ({exc})") from None
+    return record
 
 
 def _role_label(role: str) -> str:

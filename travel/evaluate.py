@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from travel import __version__
-from travel.checkpoint import atomic_write_text
+from travel.checkpoint import CLUSTERS_FILE, atomic_write_text
 from travel.data import find_images, image_to_tensor, load_image, resize_shorter
 from travel.errors import ConfigError, DataError, TravelError
 from travel.inference import Translator, resolve_checkpoint, runs_dir, shipped_weights_dir
-from travel.metrics import fid, kid, l1_distance, retrieval_accuracy, ssim, two_sample_accuracy
+from travel.clustering import normalized_mutual_information, purity
+from travel.metrics import fid, kid, l1_distance, retrieval_accuracy, ssim, style_classifier, two_sample_accuracy
 
 MessageFn = Callable[[str], None]
 ROWS = ("translation", "identity")  # what is scored: the model's output, and the untranslated input
@@ -298,9 +299,76 @@ def _recogniser_for(
     return recogniser, source_chars, target_chars
 
 
-def translate_all(translator: Translator, source: torch.Tensor, *, batch_size: int) -> torch.Tensor:
-    """[N, 3, S, S] in [-1, 1] -> their translations, `batch_size` images per forward pass."""
-    return torch.cat([translator.translate_tensor(source[i:i + batch_size]) for i in range(0, source.shape[0], batch_size)])
+def translate_all(translator: Translator, source: torch.Tensor, *, batch_size: int, style: int | None = None) -> torch.Tensor:
+    """[N, 3, S, S] in [-1, 1] -> their translations (in `style`, for a self-conditioned model), `batch_size` at a time."""
+    return torch.cat([translator.translate_tensor(source[i:i + batch_size], style=style)
+                      for i in range(0, source.shape[0], batch_size)])
+
+
+def style_scores(
+    data_dir: str | Path, weights_path: Path, translator: Translator, source: torch.Tensor, *, size: int,
+    settings: "EvalSettings", say: MessageFn,
+) -> dict[str, Any] | None:
+    """For a mixed-style dataset (styles.json, `travel data glyphs --style-font ...`): how the run's clusters match
+    the true styles, and which style the translations are in. None for other datasets.
+
+    - clusters (a self-conditioned run whose folder has clusters.json): purity and NMI of the final clusters of the
+      real training targets against their true styles, chance beside them (the largest style's share, 0);
+      `holds`: the true style most of each cluster's images have.
+    - style consistency: a style classifier (a small CNN) trained on the real training targets, its accuracy on
+      the real test targets as the ceiling, reads the translations. Self-conditioned: per cluster k, the share of
+      translations asked for style k read as the style that cluster k holds. Otherwise: the share of
+      translations read as each style.
+    """
+    from travel.datasets import read_styles
+
+    record = read_styles(data_dir)
+    if record is None:
+        return None
+    k = len(record["styles"])
+    faces = [s["face"] for s in record["styles"]]
+    folder = Path(data_dir)
+    names = sorted(record["trainB"])
+    say(f"styles: training a style classifier on {len(names)} real targets")
+    train_images = torch.stack([load_square(folder / "trainB" / f"{n}.png", size) for n in names])
+    train_labels = torch.tensor([record["trainB"][n] for n in names])
+    classify = style_classifier(train_images, train_labels, k=k, seed=settings.seed, size=settings.c2st_size)
+    test_names = sorted(n for n in record["testB"] if (folder / "testB" / f"{n}.png").is_file())
+    test_images = torch.stack([load_square(folder / "testB" / f"{n}.png", size) for n in test_names])
+    test_labels = torch.tensor([record["testB"][n] for n in test_names])
+    shares = torch.bincount(train_labels, minlength=k).double() / len(train_labels)
+    out: dict[str, Any] = {
+        "styles": faces,
+        "classifier_accuracy_real": float((classify(test_images) == test_labels).double().mean()),
+        "chance": {"purity": float(shares.max()), "nmi": 0.0, "consistency": 1.0 / k},
+        "clusters": None,
+    }
+    clusters_path = weights_path.parent / CLUSTERS_FILE
+    styles = translator.num_styles
+    if styles and clusters_path.is_file():
+        try:
+            images = json.loads(clusters_path.read_text(encoding="utf-8"))["images"]
+            pairs = [(int(cluster), record["trainB"][Path(name).stem]) for name, cluster in images.items()
+                     if Path(name).stem in record["trainB"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{clusters_path}: not a readable clusters file ({exc})") from None
+        if not pairs:
+            raise DataError(f"{clusters_path}: none of its images is a training target of {data_dir}")
+        pred, true = torch.tensor([p for p, _ in pairs]), torch.tensor([t for _, t in pairs])
+        holds = [int(torch.mode(true[pred == c]).values) if (pred == c).any() else None for c in range(styles)]
+        out["clusters"] = {"images": len(pairs), "purity": purity(pred, true), "nmi": normalized_mutual_information(pred, true),
+                           "holds": [faces[h] if h is not None else None for h in holds]}
+        consistency = []
+        for c in range(styles):
+            say(f"styles: translating in style {c}")
+            read = classify(translate_all(translator, source, batch_size=settings.batch_size, style=c))
+            consistency.append(float((read == holds[c]).double().mean()) if holds[c] is not None else None)
+        out["consistency"] = consistency
+        out["consistency_min"] = min((c for c in consistency if c is not None), default=None)
+    else:
+        read = classify(translate_all(translator, source, batch_size=settings.batch_size))
+        out["translation_style_shares"] = (torch.bincount(read, minlength=k).double() / len(read)).tolist()
+    return out
 
 
 def evaluate(
@@ -336,6 +404,7 @@ def evaluate(
     rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
                  inception=inception, say=say, backbone=backbone, recogniser=recogniser, source_chars=source_chars,
                  target_chars=target_chars)
+    styles = style_scores(data_dir, weights_path, translator, source, size=size, settings=settings, say=say)
 
     if skipped:
         notes.append(f"{len(skipped)} unreadable image(s) skipped" + (" with their pairs" if test_set.paired else ""))
@@ -362,6 +431,7 @@ def evaluate(
         "device": str(translator.device),
         "settings": {**asdict(settings), "size": size},
         "metrics": rows,
+        **({"styles": styles} if styles is not None else {}),
         "definitions": DEFINITIONS,
         "notes": notes,
         "skipped": skipped,
@@ -423,6 +493,21 @@ def format_table(report: dict[str, Any]) -> str:
                       "row (real targets) is its ceiling")
     if any(rows[r]["c2st_accuracy"] is not None for r in rows):
         legend.append("C2ST acc: held-out accuracy telling real targets from these images (0.5 = indistinguishable)")
+    styles = report.get("styles")
+    if styles:
+        chance = styles["chance"]
+        lines.append(f"styles: {', '.join(f'{k} {face}' for k, face in enumerate(styles['styles']))}; the style "
+                     f"classifier reads real test targets at {styles['classifier_accuracy_real']:.3f}")
+        if styles["clusters"] is not None:
+            c = styles["clusters"]
+            lines.append(f"clusters vs true styles: purity {c['purity']:.3f} (chance {chance['purity']:.3f}), "
+                         f"NMI {c['nmi']:.3f} (chance 0); cluster k holds: {', '.join(str(h) for h in c['holds'])}")
+            lines.append("style consistency (asked for style k, read as cluster k's style): "
+                         + ", ".join("-" if v is None else f"{v:.3f}" for v in styles["consistency"])
+                         + f" (chance {chance['consistency']:.3f})")
+        else:
+            lines.append("translations read as each style: "
+                         + ", ".join(f"{v:.3f}" for v in styles["translation_style_shares"]) + " (not self-conditioned)")
     return "\n".join([head, *lines, *legend, *[f"note: {n}" for n in report["notes"]]])
 
 

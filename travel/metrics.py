@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,7 +67,7 @@ def retrieval_accuracy(translation: torch.Tensor, target: torch.Tensor) -> float
 class _TwoSampleNet(nn.Module):
     """A small CNN: three stride-2 convolutions, global average pooling, one logit (real = positive)."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, outputs: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(3, width, 4, 2, 1), nn.LeakyReLU(0.2),
@@ -73,10 +75,49 @@ class _TwoSampleNet(nn.Module):
             nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.2),
             nn.Conv2d(4 * width, 4 * width, 3, 1, 1), nn.LeakyReLU(0.2),
         )
-        self.head = nn.Linear(4 * width, 1)
+        self.head = nn.Linear(4 * width, outputs)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(images).mean(dim=(2, 3)))[:, 0]  # [N]
+        logits = self.head(self.body(images).mean(dim=(2, 3)))  # [N, outputs]
+        return logits[:, 0] if logits.shape[1] == 1 else logits  # [N] for the two-sample test
+
+
+def style_classifier(
+    images: torch.Tensor, labels: torch.Tensor, *, k: int, seed: int = 0, size: int = 64, steps: int = 600,
+    batch_size: int = 32, lr: float = 2e-3,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A small CNN (the two-sample test's, with k outputs) trained to name the style of real images.
+
+    images: [N, 3, H, W] in [-1, 1]; labels: [N] in 0..k-1. Returns classify(images) -> [M] style ids. Balanced
+    batches (as many images of every style), seeded, on the CPU, leaving the global RNG untouched.
+    """
+    if images.ndim != 4 or images.shape[0] != labels.shape[0] or k < 2:
+        raise ValueError("style_classifier needs [N, 3, H, W] images, N labels and k >= 2")
+    side = min(size, *images.shape[-2:])
+    images = _prepare(images, side)
+    rng = torch.Generator().manual_seed(seed)
+    by_style = [torch.nonzero(labels == s).flatten() for s in range(k)]
+    if any(len(members) == 0 for members in by_style):
+        raise ValueError("every style needs at least one image")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = _TwoSampleNet(outputs=k)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+        per_style = max(1, batch_size // k)
+        for _ in range(steps):
+            pick = torch.cat([members[torch.randint(0, len(members), (per_style,), generator=rng)] for members in by_style])
+            loss = F.cross_entropy(net(images[pick]), labels[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    @torch.no_grad()
+    def classify(batch: torch.Tensor) -> torch.Tensor:
+        batch = _prepare(batch, side)
+        return torch.cat([net(batch[i:i + 256]).argmax(dim=1) for i in range(0, batch.shape[0], 256)])
+
+    return classify
 
 
 def two_sample_accuracy(

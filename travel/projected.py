@@ -173,6 +173,17 @@ class ProjectedEmbedding(nn.Module):
         return self.head(pooled)
 
 
+@torch.no_grad()
+def style_statistics(backbone: FrozenBackbone, images: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and std of each of the 4 frozen feature maps, concatenated: [N, 2 * 496].
+
+    Style, not content: pooled statistics of early and middle features describe stroke weight, slant and texture
+    (as in style transfer's Gram statistics) and say little about which character it is. Self-conditioning
+    clusters these when asked (ClusterConfig.features = "backbone").
+    """
+    return torch.cat([torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in backbone(images)], dim=1)
+
+
 def frozen_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of every frozen backbone inside `module`, by name: for checks that training leaves them alone."""
     return {f"{name}.{key}": value for name, sub in module.named_modules() if isinstance(sub, FrozenBackbone)

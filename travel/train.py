@@ -23,7 +23,7 @@ from torchvision.utils import make_grid
 from travel import __version__
 from travel.augment import DiffAugment
 from travel.checkpoint import (
-    STATE_FILE, atomic_write_bytes, atomic_write_text, load_run_config, load_state, run_lock, save_state, save_weights,
+    CLUSTERS_FILE, STATE_FILE, atomic_write_bytes, atomic_write_text, load_run_config, load_state, run_lock, save_state, save_weights,
     write_error,
 )
 from travel.clustering import KMeansResult, assign, cluster_frequencies, recluster
@@ -218,11 +218,37 @@ def embed_targets(disc: nn.Module, target: ImageFolder, indices: torch.Tensor, d
     return torch.cat(chunks)
 
 
-def update_styles(styles: Styles, disc: nn.Module, target: ImageFolder, device: torch.device, *, seed: int) -> Styles:
-    """Recluster the subset (k-means++ first, warm start and Hungarian-matched ids after), relabel every image."""
+@torch.no_grad()
+def backbone_style_targets(target: ImageFolder, indices: torch.Tensor, subset: torch.Tensor, device: torch.device,
+                           *, batch: int = 64) -> torch.Tensor:
+    """Style statistics of the frozen backbone (travel.projected.style_statistics) of the centre crops of target
+    images `indices`, standardised with the mean and std of the clustering subset: [M, 992]."""
+    from travel.projected import FrozenBackbone, style_statistics
+
+    backbone = FrozenBackbone(128).to(device)
+    chunks = []
+    for start in range(0, len(indices), batch):
+        images = torch.stack([target.center(int(i)) for i in indices[start : start + batch]]).to(device)
+        chunks.append(style_statistics(backbone, images).float().cpu())
+    features = torch.cat(chunks)
+    reference = features[subset]
+    return (features - reference.mean(dim=0)) / (reference.std(dim=0) + 1e-6)
+
+
+def update_styles(styles: Styles, disc: nn.Module, target: ImageFolder, device: torch.device, *, seed: int,
+                  features_from: str = "discriminator") -> Styles:
+    """Recluster the subset (k-means++ first, warm start and Hungarian-matched ids after), relabel every image.
+
+    With frozen backbone features nothing changes between clusterings: they are clustered once, then kept.
+    """
+    if features_from == "backbone" and styles.result is not None:
+        return styles
     k = styles.anchors.shape[0]
     everything = torch.arange(len(target))
-    features = embed_targets(disc, target, everything, device)  # [num_targets, F]
+    if features_from == "backbone":
+        features = backbone_style_targets(target, everything, styles.subset, device)  # [num_targets, F]
+    else:
+        features = embed_targets(disc, target, everything, device)  # [num_targets, F]
     points = features[styles.subset]
     if styles.result is None:
         # The first clustering has no previous means to start from: k-means++ can settle in a local optimum
@@ -481,6 +507,12 @@ def _fit(
             weights_path, nets.ema, source_domain=domain_name(source_dir), target_domain=domain_name(target_dir),
             image_size=dc.crop_size, summary=summary,
         )
+        if "styles" in state:  # which real target is in which cluster, readable without torch (and by travel eval)
+            saved = state["styles"]
+            record = {"features": config.clusters.features, "step": step,
+                      "frequencies": [round(float(f), 6) for f in saved["frequencies"]],
+                      "images": {p.relative_to(target.folder).as_posix(): int(k) for p, k in zip(target.paths, saved["labels"])}}
+            atomic_write_text(run_dir / CLUSTERS_FILE, json.dumps(record, indent=1) + "\n")
 
     # The state that a run of non-finite steps rolls back to: the last one saved (every rank keeps its own copy).
     good = copy.deepcopy(take_snapshot(start))
@@ -498,7 +530,8 @@ def _fit(
             if styles is not None:
                 if step % config.clusters.recluster_every == 0:
                     if world.is_main:
-                        styles = update_styles(styles, nets.discriminator, target, device, seed=tc.seed + step)
+                        styles = update_styles(styles, nets.discriminator, target, device, seed=tc.seed + step,
+                                               features_from=config.clusters.features)
                     styles = share_styles(styles, world, device)
                 target_style = styles.labels[target_index.to(device, non_blocking=True)]
 
