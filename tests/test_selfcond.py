@@ -147,9 +147,17 @@ def test_backbone_style_clusters_separate_flat_from_striped_and_resume_exactly(t
     truth = torch.tensor([int(p.parent.name[-1]) for p in find_images(tmp_path / "target")])
     labels = load_state(tmp_path / "run")["styles"]["labels"]
     assert purity(labels, truth) >= 0.9, (labels.tolist(), truth.tolist())
+    # The run folder says, readably, which target is in which cluster, and how often each cluster occurs.
+    import json
+
+    clusters = json.loads((tmp_path / "run" / "clusters.json").read_text())
+    paths = find_images(tmp_path / "target")
+    assert [clusters["images"][p.relative_to(tmp_path / "target").as_posix()] for p in paths] == labels.tolist()
+    assert abs(sum(clusters["frequencies"]) - 1) < 1e-5 and clusters["features"] == "backbone"
 
     from dataclasses import replace
 
     resumed = fit(replace(config, train=replace(config.train, steps=3)), tmp_path / "run", resume=True)
     assert resumed.step == 3
     assert torch.equal(load_state(tmp_path / "run")["styles"]["labels"], labels)  # kept exactly across the resume
+    assert json.loads((tmp_path / "run" / "clusters.json").read_text())["images"] == clusters["images"]
