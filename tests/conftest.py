@@ -62,6 +62,37 @@ def domains(tmp_path: Path) -> tuple[Path, Path]:
     return source, target
 
 
+def stripe_ink(source: Path, out: Path) -> None:
+    """The picture at `source` with every other pair of rows of dark ink turned white, saved at `out`: the same
+    shape in a second style (striped against flat)."""
+    import numpy as np
+
+    pixels = np.asarray(Image.open(source).convert("RGB")).copy()
+    rows = (np.arange(pixels.shape[0]) // 2 % 2 == 1)[:, None]
+    pixels[(pixels.mean(axis=2) < 128) & rows] = 255
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(out)
+
+
+def styled_fit_config(source: Path, target: Path, *, clusters: int, subset: int, steps: int, name: str = "styled"):
+    """A tiny self-conditioned FitConfig (32 px, scratch D) that clusters the frozen backbone's style statistics."""
+    from travel.config import (
+        ClusterConfig, DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
+    )
+
+    return FitConfig(
+        name=name,
+        model=ModelConfig(
+            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4,
+                                      num_styles=clusters),
+            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
+        ),
+        clusters=ClusterConfig(clusters=clusters, recluster_every=1, subset=subset, features="backbone"),
+        data=DataConfig(source=str(source), target=str(target), load_size=32, crop_size=32),
+        train=TrainConfig(steps=steps, batch_size=2, log_every=1, sample_every=100, save_every=1),
+    )
+
+
 def tiny_fit_config(source: Path, target: Path, **train_overrides):
     """A FitConfig small enough for a test: 8-channel nets at 16x16 crops."""
     from travel.config import (

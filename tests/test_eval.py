@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import draw_shapes
+from conftest import draw_shapes, styled_fit_config, stripe_ink
 from travel.checkpoint import save_weights
 from travel.cli import app
 from travel.config import GeneratorConfig
@@ -230,42 +230,25 @@ def test_default_output_for_shipped_weights_goes_to_runs(tmp_path, monkeypatch):
 def _mixed_style_set(root: Path) -> Path:
     """trainA/testA: dark shapes on white; trainB/testB: the same kind of shapes, half flat (style 0) and half striped
     (style 1), with styles.json recording each target's style, as `travel data glyphs --style-font ...` writes it."""
-    import numpy as np
-    from PIL import Image
-
     for split, count, seed in (("train", 16, 1), ("test", 6, 50)):
         draw_shapes(root / f"{split}A", count, colour=(20, 20, 20), size=32, seed=seed)
         draw_shapes(root / f"{split}B", count, colour=(20, 20, 20), size=32, seed=seed + 7)
     record = {"styles": [{"id": 0, "face": "flat"}, {"id": 1, "face": "striped"}], "trainB": {}, "testB": {}}
     for split in ("trainB", "testB"):
         for i, path in enumerate(sorted((root / split).glob("*.png"))):
-            style = i % 2
-            if style:
-                pixels = np.asarray(Image.open(path).convert("RGB")).copy()
-                rows = (np.arange(pixels.shape[0]) // 2 % 2 == 1)[:, None]
-                pixels[(pixels.mean(axis=2) < 128) & rows] = 255
-                Image.fromarray(pixels).save(path)
-            record[split][path.stem] = style
+            if i % 2:
+                stripe_ink(path, path)
+            record[split][path.stem] = i % 2
     (root / "styles.json").write_text(json.dumps(record))
     return root
 
 
 def test_eval_scores_clusters_and_style_consistency_against_the_true_styles(tmp_path, checkpoint):
-    from travel.config import ClusterConfig, DataConfig, DiscriminatorConfig, FitConfig, ModelConfig, TrainConfig
     from travel.evaluate import evaluate
     from travel.train import fit
 
     data = _mixed_style_set(tmp_path / "mixed")
-    config = FitConfig(
-        name="styled",
-        model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=2),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
-        ),
-        clusters=ClusterConfig(clusters=2, recluster_every=1, subset=16, features="backbone"),
-        data=DataConfig(source=str(data / "trainA"), target=str(data / "trainB"), load_size=32, crop_size=32),
-        train=TrainConfig(steps=1, batch_size=2, log_every=1, sample_every=100, save_every=1),
-    )
+    config = styled_fit_config(data / "trainA", data / "trainB", clusters=2, subset=16, steps=1)
     run = fit(config, tmp_path / "run").run_dir
     clusters = json.loads((run / "clusters.json").read_text())  # the run folder says which target is in which cluster
     assert set(clusters["images"]) == {p.name for p in (data / "trainB").glob("*.png")} and clusters["features"] == "backbone"

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import draw_shapes
+from conftest import draw_shapes, styled_fit_config, stripe_ink
 from travel.checkpoint import load_state, load_weights
 from travel.clustering import normalized_mutual_information, purity
 from travel.config import (
@@ -115,34 +115,14 @@ def test_translate_style_all_writes_one_output_per_style(tmp_path):
     assert bad.exit_code == 2 and "out of range" in bad.output
 
 
-def _striped(folder, out):
-    """The shapes of `folder` with every other pair of rows of ink turned white: the same shapes, another style."""
-    out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(folder.glob("*.png")):
-        pixels = np.asarray(Image.open(path).convert("RGB")).copy()
-        ink = pixels.mean(axis=2) < 128
-        rows = (np.arange(pixels.shape[0]) // 2 % 2 == 1)[:, None]
-        pixels[ink & rows] = 255
-        Image.fromarray(pixels).save(out / path.name)
-
-
 def test_backbone_style_clusters_separate_flat_from_striped_and_resume_exactly(tmp_path):
     # Target: dark shapes, half of them flat, half striped (same shapes, drawn from the same seeds). Clustering the
     # frozen backbone's style statistics needs no training: the clusters are found at step 0 and kept.
-    draw_shapes(tmp_path / "flat", 12, colour=(20, 20, 20), size=32, seed=7)
-    _striped(tmp_path / "flat", tmp_path / "target" / "style1")
-    (tmp_path / "flat").rename(tmp_path / "target" / "style0")
+    flat = draw_shapes(tmp_path / "target" / "style0", 12, colour=(20, 20, 20), size=32, seed=7)
+    for path in flat:
+        stripe_ink(path, tmp_path / "target" / "style1" / path.name)
     draw_shapes(tmp_path / "source", 8, colour=(20, 20, 20), size=32, seed=1)
-    config = FitConfig(
-        name="striped",
-        model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=2),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
-        ),
-        clusters=ClusterConfig(clusters=2, recluster_every=1, subset=24, features="backbone"),
-        data=DataConfig(source=str(tmp_path / "source"), target=str(tmp_path / "target"), load_size=32, crop_size=32),
-        train=TrainConfig(steps=2, batch_size=2, log_every=1, sample_every=100, save_every=1),
-    )
+    config = styled_fit_config(tmp_path / "source", tmp_path / "target", clusters=2, subset=24, steps=2, name="striped")
     fit(config, tmp_path / "run")
     truth = torch.tensor([int(p.parent.name[-1]) for p in find_images(tmp_path / "target")])
     labels = load_state(tmp_path / "run")["styles"]["labels"]
