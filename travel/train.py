@@ -208,14 +208,23 @@ def ema_step(ema: nn.Module, generator: nn.Module, *, beta: float, step: int) ->
 
 
 @torch.no_grad()
-def embed_targets(disc: nn.Module, target: ImageFolder, indices: torch.Tensor, device: torch.device,
-                  *, batch: int = 64) -> torch.Tensor:
-    """D's pooled trunk features of the centre crops of target images `indices`, L2-normalised: [M, F]."""
+def _centre_crop_features(target: ImageFolder, indices: torch.Tensor, device: torch.device,
+                          features: Callable[[torch.Tensor], torch.Tensor], *, batch: int = 64) -> torch.Tensor:
+    """`features` of the centre crops of target images `indices`, `batch` at a time, as float32 on the CPU: [M, F]."""
     chunks = []
     for start in range(0, len(indices), batch):
         images = torch.stack([target.center(int(i)) for i in indices[start : start + batch]]).to(device)
-        chunks.append(torch.nn.functional.normalize(disc.features(images).float(), dim=1).cpu())
+        chunks.append(features(images).float().cpu())
     return torch.cat(chunks)
+
+
+def embed_targets(disc: nn.Module, target: ImageFolder, indices: torch.Tensor, device: torch.device,
+                  *, batch: int = 64) -> torch.Tensor:
+    """D's pooled trunk features of the centre crops of target images `indices`, L2-normalised: [M, F]."""
+    return _centre_crop_features(
+        target, indices, device, lambda images: torch.nn.functional.normalize(disc.features(images).float(), dim=1),
+        batch=batch,
+    )
 
 
 @torch.no_grad()
@@ -226,11 +235,7 @@ def backbone_style_targets(target: ImageFolder, indices: torch.Tensor, subset: t
     from travel.projected import FrozenBackbone, style_statistics
 
     backbone = FrozenBackbone(128).to(device)
-    chunks = []
-    for start in range(0, len(indices), batch):
-        images = torch.stack([target.center(int(i)) for i in indices[start : start + batch]]).to(device)
-        chunks.append(style_statistics(backbone, images).float().cpu())
-    features = torch.cat(chunks)
+    features = _centre_crop_features(target, indices, device, lambda images: style_statistics(backbone, images), batch=batch)
     reference = features[subset]
     return (features - reference.mean(dim=0)) / (reference.std(dim=0) + 1e-6)
 
