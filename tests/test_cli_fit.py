@@ -73,6 +73,18 @@ def test_dry_run_prints_the_config_as_json_and_trains_nothing(folders, tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
+def test_generator_options_reach_the_config(folders):
+    red, blue = folders
+    result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "1", "--no-residual", "--dry-run", *TINY)
+    assert result.exit_code == 0, result.output
+    generator = from_dict(FitConfig, json.loads(result.stdout)).model.generator
+    assert (generator.skip_from, generator.residual) == (1, False)
+    default = from_dict(FitConfig, json.loads(invoke("fit", "--src", red, "--dst", blue, "--dry-run", *TINY).stdout))
+    assert (default.model.generator.skip_from, default.model.generator.residual) == (0, True)
+    result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "9", "--dry-run", *TINY)
+    assert result.exit_code != 0 and "skip_from" in result.output and "Traceback" not in result.output
+
+
 def test_default_model_is_the_measured_one(folders):
     """16 channels (32 was no better on either benchmark at the same steps, and half as fast); replicate padding
     (zero padding let G paint frames on emoji). The CLI and the Python config agree."""

@@ -56,6 +56,29 @@ def test_untrained_residual_generator_is_the_identity():
     assert torch.allclose(generator(source), source, atol=1e-5)
 
 
+@pytest.mark.parametrize("skip_from", [0, 1, 2])
+def test_skip_from_drops_the_skips_below_it(skip_from):
+    """--skip-from N: the decoder at levels below N sees only the upsampled deeper features (issue 18's lever for
+    moving strokes); the residual generator still starts as the identity, and saved configs without the key keep
+    every skip."""
+    cfg = GeneratorConfig(depth=3, attention_levels=(3,), skip_from=skip_from, **TINY_G)
+    generator = build_generator(cfg)
+    for level, (_, conv) in zip(range(cfg.depth - 1, -1, -1), generator.up):
+        skip = cfg.width(level) if level >= skip_from else 0
+        assert conv.conv.in_channels == cfg.width(level) + skip, level
+    source = torch.rand(2, 3, 9, 13) * 1.9 - 0.95
+    assert torch.allclose(generator(source), source, atol=1e-5)
+    scrambled(generator)(source).sum().backward()  # trains at odd sizes without the skips too
+    saved = to_dict(cfg)
+    del saved["skip_from"]
+    assert from_dict(GeneratorConfig, saved).skip_from == 0
+
+
+def test_skip_from_beyond_the_depth_is_a_config_error():
+    with pytest.raises(ConfigError, match="skip_from"):
+        GeneratorConfig(depth=2, attention_levels=(2,), skip_from=3)
+
+
 @pytest.mark.parametrize("padding", ["zeros", "replicate"])
 def test_replicate_padding_hides_the_border(padding):
     """With zero padding every layer can tell the border from the middle (G can paint frames); with

@@ -45,6 +45,9 @@ class GeneratorConfig:
     # What the 3x3 convolutions see beyond the border (DEFAULT_PADDING above). A saved config without this key
     # predates the setting, was trained with zeros, and loads with zeros.
     padding: Literal["zeros", "replicate"] = field(default=DEFAULT_PADDING, metadata={"absent": "zeros"})  # type: ignore[assignment]
+    # U-Net skips come from levels skip_from..depth-1 only: 0 keeps every skip; 1 drops the full-resolution one, so
+    # the decoder redraws strokes from half-resolution features (the residual output still adds the input).
+    skip_from: int = 0
 
     def __post_init__(self) -> None:
         _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")
@@ -58,6 +61,7 @@ class GeneratorConfig:
         _check(self.norm_groups >= 1, "norm_groups must be >= 1")
         _check(self.num_styles >= 0, "num_styles must be >= 0")
         _check(self.padding in ("zeros", "replicate"), f"generator padding must be zeros or replicate, got {self.padding!r}")
+        _check(0 <= self.skip_from <= self.depth, f"generator skip_from must be in 0..depth={self.depth}, got {self.skip_from}")
 
     def width(self, level: int) -> int:
         """Channels at `level` (0 = full resolution)."""
@@ -359,7 +363,7 @@ def projected_resolution_for(size: int) -> int:
 def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
-    head_channels: int = 64, mixing: str = "none",
+    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
     vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""
@@ -368,7 +372,7 @@ def model_config_for(
     family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
-        padding=padding,
+        padding=padding, residual=residual, skip_from=skip_from,
     )
     discriminator = DiscriminatorConfig(
         family=disc,  # type: ignore[arg-type]

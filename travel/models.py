@@ -128,7 +128,7 @@ class Generator(nn.Module):
                 nn.ModuleList(
                     [
                         ConvNormAct(cin, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
-                        ConvNormAct(2 * cout, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
+                        ConvNormAct(self._skip(lvl - 1) + cout, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
                     ]
                 )
             )
@@ -138,6 +138,10 @@ class Generator(nn.Module):
         if cfg.residual:
             nn.init.zeros_(self.head.weight)  # an untrained generator returns its input
             nn.init.zeros_(self.head.bias)
+
+    def _skip(self, level: int) -> int:
+        """Channels the skip from `level` adds to the decoder there (0 where cfg.skip_from drops it)."""
+        return self.cfg.width(level) if level >= self.cfg.skip_from else 0
 
     def forward(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
         """source: [N, C, H, W] in [-1, 1], any H and W; style: [N] cluster ids or None. Returns [N, C, H, W]."""
@@ -159,10 +163,11 @@ class Generator(nn.Module):
             x = attn(conv(conv_down(x)))
             skips.append(x)
         skips.pop()  # the bottleneck is x itself
-        for (conv_up, conv), attn in zip(self.up, self.up_attn):
+        for level, (conv_up, conv), attn in zip(range(self.cfg.depth - 1, -1, -1), self.up, self.up_attn):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = conv_up(x, style)
-            x = conv(torch.cat([x, skips.pop()], dim=1), style)
+            skip = skips.pop()
+            x = conv(torch.cat([x, skip], dim=1) if level >= self.cfg.skip_from else x, style)
             x = attn(x)
         change = self.head(x)
         if self.cfg.residual:
