@@ -213,6 +213,18 @@ def fit_worker(rank: int, size: int, port: int, jobs: list, root: Path, out: Pat
                 writes.append(f"{event} {name}")
 
     sys.addaudithook(audit)
+    if rank == 0:
+        # Rank 0 writes its saves late, as a loaded machine may: a rank that returned from fit before the final
+        # save landed would resume from the save before it (and the ranks would then run different steps).
+        import travel.train
+
+        save_state = travel.train.save_state
+
+        def slow_save_state(*args, **kwargs):
+            time.sleep(0.5)
+            save_state(*args, **kwargs)
+
+        travel.train.save_state = slow_save_state
     results = []
     for config, run, resume, abort_at in jobs:
         calls = 0

@@ -120,6 +120,12 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def wait_for_all(world: World) -> None:
+    """Return on every rank only once all have reached this point (e.g. rank 0 has finished writing)."""
+    if world.size > 1:
+        dist.barrier()
+
+
 def broadcast(tensors: list[torch.Tensor], world: World, device: torch.device) -> list[torch.Tensor]:
     """Rank 0's `tensors` on every rank, each back on its own device (shapes and dtypes must agree across ranks)."""
     if world.size == 1:

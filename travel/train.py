@@ -29,7 +29,7 @@ from travel.checkpoint import (
 from travel.clustering import KMeansResult, assign, cluster_frequencies, recluster
 from travel.config import SCHEMA_VERSION, FitConfig, from_dict, to_json
 from travel.data import ImageFolder, UnpairedBatches, resolve_domains, tensor_to_image
-from travel.distributed import World, any_rank, average, broadcast, join, leave, reseed, wrap
+from travel.distributed import World, any_rank, average, broadcast, join, leave, reseed, wait_for_all, wrap
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.losses import (
     anchor_d_loss, anchor_distance, anchor_g_loss, margin_loss, per_image, pooled_embedding, r1_penalty, rotation_loss,
@@ -637,6 +637,9 @@ def _fit(
                 if world.is_main and step % tc.save_every and step != tc.steps:
                     save(take_snapshot(step))
                 break
+    # Rank 0 alone writes the last save: no rank returns before it has landed, so whatever comes next (a resume
+    # in the same process group, a read of the weights) sees the run folder as it is left.
+    wait_for_all(world)
     return FitResult(
         run_dir=run_dir, weights=weights_path, step=step, interrupted=interrupted, metrics=logged,
         skipped_images=source.report.skipped + target.report.skipped,
