@@ -318,6 +318,25 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path / "bad", load_size=18, crop_size=16, flip=False)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_flip_off_never_mirrors_and_on_mirrors_about_half(tmp_path, flip):
+    """Text and slanted styles change under a mirror, so --no-flip must never mirror a training crop."""
+    import random
+
+    (tmp_path / "a").mkdir()
+    image = np.full((16, 16, 3), 255, np.uint8)
+    image[:, :5] = RED  # red on the left only: a mirror moves it to the right
+    Image.fromarray(image).save(tmp_path / "a" / "left.png")
+    dataset = ImageFolder(tmp_path / "a", load_size=16, crop_size=16, flip=flip)  # whole image: no crop offset
+    upright = dataset.center(0)
+    mirrored = [not torch.equal(dataset.sample(0, random.Random(seed)), upright) for seed in range(64)]
+    if flip:
+        assert 16 <= sum(mirrored) <= 48  # binomial(64, 1/2): this band holds with probability > 0.9999
+        assert torch.equal(dataset.sample(0, random.Random(mirrored.index(True))), upright.flip(-1))
+    else:
+        assert not any(mirrored)
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_sample_is_a_function_of_the_rng(tmp_path, cache):
     import random
