@@ -81,7 +81,9 @@ def test_generator_options_reach_the_config(folders):
     assert (generator.skip_from, generator.residual) == (1, False)
     default = from_dict(FitConfig, json.loads(invoke("fit", "--src", red, "--dst", blue, "--dry-run", *TINY).stdout))
     assert (default.model.generator.skip_from, default.model.generator.residual) == (0, True)
-    assert default.data.flip is True
+    assert default.data.flip is True and default.model.generator.warp is False
+    warped = invoke("fit", "--src", red, "--dst", blue, "--warp", "--dry-run", *TINY)
+    assert from_dict(FitConfig, json.loads(warped.stdout)).model.generator.warp is True
     flipless = invoke("fit", "--src", red, "--dst", blue, "--no-flip", "--dry-run", *TINY)
     assert from_dict(FitConfig, json.loads(flipless.stdout)).data.flip is False
     result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "9", "--dry-run", *TINY)

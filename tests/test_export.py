@@ -78,6 +78,29 @@ def test_onnx_with_replicate_padding(tmp_path_factory):
     assert np.abs(translation - expected).max() < 1e-3
 
 
+@pytest.mark.slow
+def test_onnx_with_a_learned_warp(tmp_path_factory):
+    """--warp generators export too (GridSample, opset 16+) and match PyTorch with a displacement that is not zero
+    and not whole pixels, at a size the export never saw."""
+    folder = tmp_path_factory.mktemp("warp")
+    ckpt = checkpoint(folder / "red2blue.safetensors", warp=True)
+    weights = load_weights(ckpt)
+    generator = weights.build()
+    with torch.no_grad():
+        for head in generator.flow:
+            head.weight.normal_(std=0.3)
+            head.bias.fill_(0.7)
+    save_weights(ckpt, generator, source_domain="red", target_domain="blue", image_size=16, summary={})
+    result = invoke("export", "--ckpt", ckpt, "--onnx", folder / "red2blue.onnx")
+    assert result.exit_code == 0, result.output
+    session = onnxruntime.InferenceSession(str(folder / "red2blue.onnx"), providers=["CPUExecutionProvider"])
+    source = torch.rand(2, 3, 23, 30, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    (translation,) = session.run(["translation"], {"source": source.numpy()})
+    with torch.no_grad():
+        expected = generator(source).numpy()
+    assert np.abs(translation - expected).max() < 1e-3
+
+
 def test_onnx_inputs_are_dynamic_and_described(plain):
     _, path = plain
     model = onnx.load(str(path))

@@ -10,7 +10,9 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 
 from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, from_dict, to_dict
 from travel.errors import ConfigError
-from travel.models import Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple
+from travel.models import (
+    Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple, warp,
+)
 
 TINY_G = dict(base_channels=8, max_channels=16, norm_groups=4)
 TINY_D = dict(base_channels=8, max_channels=16, vec_len=8)
@@ -72,6 +74,41 @@ def test_skip_from_drops_the_skips_below_it(skip_from):
     saved = to_dict(cfg)
     del saved["skip_from"]
     assert from_dict(GeneratorConfig, saved).skip_from == 0
+
+
+@pytest.mark.parametrize("size, level", [((12, 16), 0), ((12, 16), 1), ((24, 20), 2)])
+def test_warp_moves_by_whole_pixels_of_the_full_image(size, level):
+    """A displacement of (+2, -4) full-resolution pixels samples each position 2 to the right and 4 up, at any
+    level of the U-Net (a 2**level downsampling moves by 2 / 2**level and 4 / 2**level of its own pixels) and at
+    any image size; beyond the edge the border is repeated. Bilinear weights at whole pixels are 0 and 1 up to
+    float rounding of the grid (about 1e-7), hence the tolerance."""
+    scale = 2**level
+    x = torch.rand(2, 3, size[0] // scale, size[1] // scale)
+    flow = torch.tensor([2.0 * scale, -4.0 * scale])[None, :, None, None].expand(2, 2, *x.shape[-2:])
+    moved = warp(x, flow, torch.Size(size))
+    cols = (torch.arange(x.shape[-1]) + 2).clamp(max=x.shape[-1] - 1)
+    rows = (torch.arange(x.shape[-2]) - 4).clamp(min=0)
+    assert torch.allclose(moved, x[:, :, rows][:, :, :, cols], atol=1e-5)
+    assert torch.allclose(warp(x, torch.zeros_like(flow), torch.Size(size)), x, atol=1e-5)
+
+
+def test_warp_generator_starts_as_the_identity_and_learns_its_displacement():
+    """--warp: flow heads at every decoder level start at zero, so the generator is still the identity; a loss
+    reaches them (they learn), and a trained flow moves the output. Saved configs without the key do not warp."""
+    cfg = GeneratorConfig(depth=3, attention_levels=(3,), warp=True, **TINY_G)
+    generator = build_generator(cfg)
+    assert len(generator.flow) == cfg.depth
+    source = torch.rand(2, 3, 9, 13) * 1.9 - 0.95
+    assert torch.allclose(generator(source), source, atol=1e-5)
+    generator(source).square().sum().backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in generator.flow)
+    with torch.no_grad():
+        generator.flow[-1].bias.copy_(torch.tensor([1.0, 0.0]))  # one pixel to the right, at full resolution
+    shifted = generator(source)
+    assert torch.allclose(shifted[..., :-1], source[..., 1:], atol=1e-4)
+    saved = to_dict(cfg)
+    del saved["warp"]
+    assert from_dict(GeneratorConfig, saved).warp is False and not build_generator(from_dict(GeneratorConfig, saved)).flow
 
 
 def test_skip_from_beyond_the_depth_is_a_config_error():

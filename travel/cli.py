@@ -73,6 +73,7 @@ def fit(
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding: replicate or zeros (lets G paint frames)."),
     skip_from: int = typer.Option(0, "--skip-from", help="Generator U-Net skips from level N down only: 0 keeps all; 1 drops the full-resolution skip (G redraws strokes)."),
+    warp: bool = typer.Option(False, "--warp/--no-warp", help="Generator learns a displacement field that moves strokes (starts at zero)."),
     residual: bool = typer.Option(True, "--residual/--no-residual", help="Generator output: the input plus a learned change (starts as the identity), or drawn afresh."),
     travel_weight: Optional[float] = typer.Option(None, "--travel-weight", help="Weight of the TraVeL content loss. Default: 10 scratch, 0.2 projected."),
     r1: float = typer.Option(0.0, "--r1", help="R1 gradient penalty weight on real images (0 = off)."),
@@ -129,7 +130,7 @@ def fit(
         name = name or (data.resolve().name if data and not (src or dst) else f"{source.resolve().name}2{target.resolve().name}")
         model = model_config_for(
             size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
-            padding=padding, disc=disc, head_channels=head_channels, mixing=mixing, residual=residual, skip_from=skip_from,
+            padding=padding, disc=disc, head_channels=head_channels, mixing=mixing, residual=residual, skip_from=skip_from, warp=warp,
         )
         family = FAMILY_DEFAULTS[disc]
         config = FitConfig(

@@ -48,6 +48,10 @@ class GeneratorConfig:
     # U-Net skips come from levels skip_from..depth-1 only: 0 keeps every skip; 1 drops the full-resolution one, so
     # the decoder redraws strokes from half-resolution features (the residual output still adds the input).
     skip_from: int = 0
+    # A learned displacement field, refined coarse to fine at every decoder level, moves each skip's features and
+    # the residual's input before they are used: G can move strokes instead of only repainting them in place. The
+    # field is in full-resolution pixels (the same displacement at any image size) and starts at zero.
+    warp: bool = False
 
     def __post_init__(self) -> None:
         _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")
@@ -363,7 +367,7 @@ def projected_resolution_for(size: int) -> int:
 def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
-    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0,
+    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = False,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
     vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""
@@ -372,7 +376,7 @@ def model_config_for(
     family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
-        padding=padding, residual=residual, skip_from=skip_from,
+        padding=padding, residual=residual, skip_from=skip_from, warp=warp,
     )
     discriminator = DiscriminatorConfig(
         family=disc,  # type: ignore[arg-type]

@@ -134,6 +134,14 @@ class Generator(nn.Module):
             )
             has_attn = (lvl - 1) in cfg.attention_levels
             self.up_attn.append(SelfAttention(cout) if has_attn else nn.Identity())
+        # One flow head per decoder level: the displacement increment (x, y, in full-resolution pixels) at that level.
+        self.flow = nn.ModuleList()
+        if cfg.warp:
+            for lvl in range(cfg.depth, 0, -1):
+                head = nn.Conv2d(cfg.width(lvl - 1), 2, 3, padding=1, padding_mode=pad)
+                nn.init.zeros_(head.weight)  # no displacement at initialisation
+                nn.init.zeros_(head.bias)
+                self.flow.append(head)
         self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1, padding_mode=pad)
         if cfg.residual:
             nn.init.zeros_(self.head.weight)  # an untrained generator returns its input
@@ -163,12 +171,20 @@ class Generator(nn.Module):
             x = attn(conv(conv_down(x)))
             skips.append(x)
         skips.pop()  # the bottleneck is x itself
-        for level, (conv_up, conv), attn in zip(range(self.cfg.depth - 1, -1, -1), self.up, self.up_attn):
+        flow: torch.Tensor | None = None
+        size = source.shape[-2:]
+        for i, (level, (conv_up, conv), attn) in enumerate(zip(range(self.cfg.depth - 1, -1, -1), self.up, self.up_attn)):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = conv_up(x, style)
             skip = skips.pop()
+            if self.cfg.warp:
+                step = self.flow[i](x)
+                flow = step if flow is None else F.interpolate(flow, scale_factor=2.0, mode="bilinear") + step
+                skip = warp(skip, flow, size)
             x = conv(torch.cat([x, skip], dim=1) if level >= self.cfg.skip_from else x, style)
             x = attn(x)
+        if flow is not None:
+            source = warp(source, flow, size)
         change = self.head(x)
         if self.cfg.residual:
             # Identity at initialisation, in tanh's pre-activation space. The input is scaled by 0.9 first:
@@ -178,6 +194,18 @@ class Generator(nn.Module):
             # cannot have (anything beyond +-1 would mark a translation as fake). Identity at init is unaffected.
             return (torch.tanh(torch.atanh(source.clamp(-1.0, 1.0) * RESIDUAL_SCALE) + change) / RESIDUAL_SCALE).clamp(-1.0, 1.0)
         return torch.tanh(change)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Sample x [N, C, h, w] at each position plus flow [N, 2, h, w], a displacement (x, y) in pixels of an image of
+    `size` (H, W), of which x is a 2**k downsampling. Bilinear, the border replicated beyond the edge."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1  # pixel centres, align_corners=False
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1
+    grid = torch.stack(
+        [xs[None, None, :] + flow[:, 0] * (2.0 / size[1]), ys[None, :, None] + flow[:, 1] * (2.0 / size[0])], dim=-1
+    )
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
