@@ -528,6 +528,7 @@ def bench_speed(
     vec_len: Optional[int] = typer.Option(None, "--vec-len", help="Discriminator vector length (default: the family's)."),
     siamese: Optional[str] = typer.Option(None, "--siamese", help="shared or separate, as in travel fit (default: the family's)."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding, as in travel fit."),
+    warp: bool = typer.Option(False, "--warp/--no-warp", help="Generator displacement field, as travel fit --warp."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Include the SS-GAN rotation loss."),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="Train in NHWC, as travel fit --channels-last."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the trained networks, as travel fit --compile."),
@@ -551,7 +552,7 @@ def bench_speed(
         torch.set_num_threads(threads)
     settings = SpeedSettings(
         size=size, batch_size=batch_size, steps=steps, warmup=warmup, device=device, precision=precision, channels=channels,
-        depth=depth, disc=disc, vec_len=vec_len, siamese=siamese, padding=padding, rotation=rotation, matmul_size=matmul_size,
+        depth=depth, disc=disc, vec_len=vec_len, siamese=siamese, padding=padding, warp=warp, rotation=rotation, matmul_size=matmul_size,
         channels_last=channels_last, compile=compile, profile=profile,
     )
     report = run_speed(settings, say=lambda message: typer.echo(f"measuring {message}", err=True))

@@ -50,6 +50,7 @@ class SpeedSettings:
     vec_len: int | None = None  # None: the family's default (FAMILY_DEFAULTS)
     siamese: str | None = None
     padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
+    warp: bool = False  # G's learned displacement field, as `travel fit --warp`
     rotation: bool = False
     augment: bool = True
     channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
@@ -72,7 +73,7 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
     s = settings
     model = model_config_for(  # checks s.disc
         size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
-        padding=s.padding, disc=s.disc,
+        padding=s.padding, disc=s.disc, warp=s.warp,
     )
     family = FAMILY_DEFAULTS[s.disc]
     return FitConfig(
