@@ -367,7 +367,7 @@ def projected_resolution_for(size: int) -> int:
 def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
-    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = False,
+    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = True,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
     vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""

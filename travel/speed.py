@@ -50,7 +50,7 @@ class SpeedSettings:
     vec_len: int | None = None  # None: the family's default (FAMILY_DEFAULTS)
     siamese: str | None = None
     padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
-    warp: bool = False  # G's learned displacement field, as `travel fit --warp`
+    warp: bool = True  # G's learned displacement field, as `travel fit --warp` (the default)
     rotation: bool = False
     augment: bool = True
     channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
