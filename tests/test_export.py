@@ -88,7 +88,8 @@ def test_onnx_with_replicate_padding_and_a_learned_warp(tmp_path_factory):
     with torch.no_grad():
         expected = generator(source).numpy()
         for head in generator.flow:
-            head.bias.zero_(), head.weight.zero_()
+            head.bias.zero_()
+            head.weight.zero_()
         unwarped = generator(source).numpy()
     assert np.abs(translation - expected).max() < 1e-3
     assert np.abs(expected - unwarped).mean() > 0.01  # the warp moves the output: parity covers GridSample

@@ -180,8 +180,9 @@ class Generator(nn.Module):
             if self.cfg.warp:
                 step = self.flow[i](x)
                 flow = step if flow is None else F.interpolate(flow, scale_factor=2.0, mode="bilinear") + step
-                skip = warp(skip, flow, size)
-            x = conv(torch.cat([x, skip], dim=1) if level >= self.cfg.skip_from else x, style)
+            if level >= self.cfg.skip_from:
+                x = torch.cat([x, skip if flow is None else warp(skip, flow, size)], dim=1)
+            x = conv(x, style)
             x = attn(x)
         if flow is not None:
             source = warp(source, flow, size)
