@@ -17,7 +17,7 @@ import torch
 from travel.clustering import kmeans, normalized_mutual_information, purity
 from travel.datasets import read_styles
 from travel.evaluate import load_square
-from travel.projected import FrozenBackbone
+from travel.projected import FrozenBackbone, map_statistics
 
 
 def feature_maps(folder: Path, names: list[str], size: int = 64) -> list[torch.Tensor]:
@@ -32,10 +32,6 @@ def feature_maps(folder: Path, names: list[str], size: int = 64) -> list[torch.T
 
 def standardised(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / (x.std(0) + 1e-6)
-
-
-def stats(maps: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([torch.cat([m.mean((2, 3)), m.std((2, 3))], 1) for m in maps], 1)
 
 
 def best_kmeans(x: torch.Tensor, k: int, tries: int = 5):
@@ -63,14 +59,14 @@ def main(folders: list[str]) -> None:
             maps = feature_maps(data / "trainB", names)
             print(f"{data.name}: {len(names)} targets, chance purity {true.bincount().max().item() / len(true):.3f}")
             for label, x in (("pooled means, 4 scales", torch.cat([m.mean((2, 3)) for m in maps], 1)),
-                             ("channel means and stds, 4 scales", stats(maps)),
-                             ("channel means and stds, 2 shallow scales", stats(maps[:2])),
+                             ("channel means and stds, 4 scales", map_statistics(maps)),
+                             ("channel means and stds, 2 shallow scales", map_statistics(maps[:2])),
                              ("pooled means, deepest scale", maps[3].mean((2, 3)))):
                 result = best_kmeans(standardised(x), len(record["styles"]))
                 print(f"  {label:42s} purity {purity(result.labels, true):.3f}  NMI "
                       f"{normalized_mutual_information(result.labels, true):.3f}", flush=True)
         subset = [names[j] for j in torch.randperm(len(names), generator=torch.Generator().manual_seed(0))[:1000].tolist()]
-        x = standardised(stats(feature_maps(data / "trainB", subset)))
+        x = standardised(map_statistics(feature_maps(data / "trainB", subset)))
         print(f"{data.name}: silhouette of k-means on the style statistics of 1,000 targets, K = 2..6: " + ", ".join(
             f"{silhouette(x, best_kmeans(x, k).labels):.3f}" for k in range(2, 7)), flush=True)
 

@@ -181,7 +181,12 @@ def style_statistics(backbone: FrozenBackbone, images: torch.Tensor) -> torch.Te
     (as in style transfer's Gram statistics) and say little about which character it is. Self-conditioning
     clusters these when asked (ClusterConfig.features = "backbone").
     """
-    return torch.cat([torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in backbone(images)], dim=1)
+    return map_statistics(backbone(images))
+
+
+def map_statistics(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Per-channel mean and std of each feature map [N, C, H, W], concatenated: [N, 2 * sum(C)]."""
+    return torch.cat([torch.cat([f.mean(dim=(2, 3)), f.std(dim=(2, 3))], dim=1) for f in maps], dim=1)
 
 
 def frozen_state(module: nn.Module) -> dict[str, torch.Tensor]:
