@@ -269,28 +269,28 @@ def build_generator(cfg: GeneratorConfig) -> Generator:
     return Generator(cfg)
 
 
-def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
-    """The discriminator of cfg.family. The projected family is imported here only, so that translation, the demo and
-    ONNX export (which need generators alone) never import timm."""
-    if cfg.family == "scratch":
-        return Discriminator(cfg)
-    if cfg.family == "projected":
-        from travel.projected import ProjectedDiscriminator
+def _family(name: str) -> tuple[type[nn.Module], type[nn.Module]]:
+    """(discriminator, separate Siamese embedding) classes of a discriminator family. The projected family is
+    imported here only, so that translation, the demo and ONNX export (which need generators alone) never import
+    timm."""
+    if name == "scratch":
+        return Discriminator, Discriminator
+    if name == "projected":
+        from travel.projected import ProjectedDiscriminator, ProjectedEmbedding
 
-        return ProjectedDiscriminator(cfg)
-    raise ValueError(f"unknown discriminator family {cfg.family!r}")
+        return ProjectedDiscriminator, ProjectedEmbedding
+    raise ValueError(f"unknown discriminator family {name!r}")
+
+
+def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
+    """The discriminator of cfg.family."""
+    return _family(cfg.family)[0](cfg)
 
 
 def build_siamese(cfg: DiscriminatorConfig) -> nn.Module:
     """The separate Siamese embedding S of cfg.family (siamese = "separate"): a second scratch encoder with its own
     weights, or for the projected family an SN linear head on the frozen backbone's pooled features."""
-    if cfg.family == "scratch":
-        return Discriminator(cfg)
-    if cfg.family == "projected":
-        from travel.projected import ProjectedEmbedding
-
-        return ProjectedEmbedding(cfg)
-    raise ValueError(f"unknown discriminator family {cfg.family!r}")
+    return _family(cfg.family)[1](cfg)
 
 
 def _divisor_at_most(channels: int, groups: int) -> int:
