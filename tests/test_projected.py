@@ -161,6 +161,25 @@ def test_mixing_needs_the_projected_family_and_is_recorded(domains, tmp_path):
     assert resumed.step == 3 and not resumed.interrupted
 
 
+def test_d_resolution_sizes_the_backbone_input_and_needs_the_projected_family(domains):
+    src, dst = domains
+    runner = CliRunner()
+    base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["resolution"] == 128  # 16 px upsampled
+    chosen = json.loads(runner.invoke(app, [*base, "--d-resolution", "64"]).output)["model"]["discriminator"]
+    assert chosen["resolution"] == 64
+    for bad, words in ((["--d-resolution", "64", "--disc", "scratch"], "needs --disc projected"),
+                       (["--d-resolution", "100"], "multiple of 32")):
+        result = runner.invoke(app, [*base, *bad])
+        assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
+    # The side really reaches the backbone: D's patch grid is the resolution's (sides r/4 .. r/32 at the 4 scales).
+    image = torch.zeros(1, 3, 16, 16)
+    for side in (64, 128):
+        disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, resolution=side, head_channels=8))
+        with torch.no_grad():
+            assert disc(image).shape == (1, sum((side // 2 ** (s + 2)) ** 2 for s in range(4)), 4)
+
+
 def test_separate_embedding_is_a_head_on_frozen_features():
     s = ProjectedEmbedding(DiscriminatorConfig(family="projected", vec_len=6, resolution=32))
     assert [name for name, _ in s.named_parameters()] == ["head.bias", "head.parametrizations.weight.original"]

@@ -68,6 +68,7 @@ def fit(
     vec_len: Optional[int] = typer.Option(None, "--vec-len", help="Length of the discriminator's vectors. Default: 128 scratch, 32 projected (per patch)."),
     siamese: Optional[str] = typer.Option(None, "--siamese", help="shared: S is the discriminator; separate: S is its own network. Default: shared scratch, separate projected."),
     head_channels: int = typer.Option(64, "--head-channels", help="Projected discriminator: width of each scale's head."),
+    d_resolution: Optional[int] = typer.Option(None, "--d-resolution", help="Projected discriminator: resize images to this side before the frozen backbone (a multiple of 32; default: 128, or the crop rounded up to 32 if larger)."),
     mixing: str = typer.Option("none", "--mixing", help="Projected discriminator: fixed random feature mixing, none, ccm (channels) or ccm+csm (channels and scales)."),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
@@ -131,6 +132,7 @@ def fit(
         model = model_config_for(
             size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
             padding=padding, disc=disc, head_channels=head_channels, mixing=mixing, residual=residual, skip_from=skip_from, warp=warp,
+            d_resolution=d_resolution,
         )
         family = FAMILY_DEFAULTS[disc]
         config = FitConfig(

@@ -368,11 +368,14 @@ def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
     head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = True,
+    d_resolution: int | None = None,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
-    vec_len and siamese default to the family's (FAMILY_DEFAULTS)."""
+    vec_len and siamese default to the family's (FAMILY_DEFAULTS); d_resolution (the side the projected family
+    resizes images to before its backbone) to projected_resolution_for(size)."""
     _check(disc in FAMILY_DEFAULTS, f"--disc must be one of {sorted(FAMILY_DEFAULTS)}, got {disc!r}")
     _check(mixing == "none" or disc == "projected", f"--mixing {mixing} needs --disc projected (it mixes the backbone's features)")
+    _check(d_resolution is None or disc == "projected", "--d-resolution needs --disc projected (it sizes the backbone's input)")
     family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
@@ -382,7 +385,7 @@ def model_config_for(
         family=disc,  # type: ignore[arg-type]
         base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
         vec_len=vec_len if vec_len is not None else family.vec_len, rotation_head=rotation,
-        resolution=projected_resolution_for(size), head_channels=head_channels,
+        resolution=d_resolution if d_resolution is not None else projected_resolution_for(size), head_channels=head_channels,
         mixing=mixing,  # type: ignore[arg-type]
     )
     return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese or family.siamese)  # type: ignore[arg-type]
