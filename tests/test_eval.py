@@ -198,6 +198,40 @@ def test_eval_command_tiny_set_skips_the_two_sample_test(tmp_path, checkpoint):
     assert any("two-sample test skipped" in note for note in report["notes"])
 
 
+def test_eval_two_sample_seeds_and_group_split_in_the_report(tmp_path, checkpoint):
+    from travel.metrics import two_sample_accuracy
+
+    data = _test_set(tmp_path / "shapes")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["eval", "--ckpt", str(checkpoint), "--data", str(data), "--out", str(out),
+                                 "--c2st-seeds", "3", "--no-backbone", *QUICK])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["c2st_seeds"] == 3 and "C2ST group" in result.stdout
+    source, target, _ = load_test_set(find_test_set(data), 32)
+    identity = report["metrics"]["identity"]
+    # c2st_accuracy is still the --seed classifier alone, as in every report before --c2st-seeds: the same computation.
+    assert identity["c2st_accuracy"] == two_sample_accuracy(target, source, seed=0, steps=5)["accuracy"]
+    seeds = [two_sample_accuracy(target, source, seed=s, steps=5)["accuracy"] for s in range(3)]
+    assert identity["c2st_mean"] == pytest.approx(sum(seeds) / 3) and identity["c2st_std"] >= 0
+    # No dataset card: each pair is its own group.
+    grouped = [two_sample_accuracy(target, source, seed=s, steps=5, groups=torch.arange(8))["accuracy"] for s in range(3)]
+    assert identity["c2st_group"] == pytest.approx(sum(grouped) / 3)
+    bad = runner.invoke(app, ["eval", "--ckpt", str(checkpoint), "--data", str(data), "--c2st-seeds", "0", *QUICK])
+    assert bad.exit_code == 2 and "--c2st-seeds" in bad.output
+
+
+def test_emoji_sets_group_the_skin_tones_of_one_emoji(tmp_path):
+    from travel.datasets import split_groups
+
+    names = ["1f44d", "1f44d-1f3fb", "1f44d-1f3ff", "1f469-1f3fd-200d-1f4bb", "1f469-200d-1f4bb", "2764"]
+    assert split_groups(tmp_path, names) == names  # no card: one group per pair
+    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.datasets.build_emoji", "dataset": "emoji"}))
+    groups = split_groups(tmp_path, names)
+    assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4]
+    assert len({groups[0], groups[3], groups[5]}) == 3
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -498,6 +498,7 @@ def evaluate_command(
     backbone: bool = typer.Option(True, "--backbone/--no-backbone", help="KID, FD and retrieval on ImageNet EfficientNet-Lite0 features."),
     c2st_steps: int = typer.Option(300, "--c2st-steps", help="Training steps of the two-sample classifier."),
     c2st_size: int = typer.Option(64, "--c2st-size", help="Image side the two-sample classifier sees."),
+    c2st_seeds: int = typer.Option(5, "--c2st-seeds", help="Two-sample classifier seeds averaged (from --seed on)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
 ) -> None:
@@ -506,7 +507,7 @@ def evaluate_command(
 
     settings = EvalSettings(
         split=split, size=size, limit=limit, seed=seed, batch_size=batch_size, device=device, c2st_size=c2st_size,
-        c2st_steps=c2st_steps, inception_weights=str(inception_weights) if inception_weights else None,
+        c2st_steps=c2st_steps, c2st_seeds=c2st_seeds, inception_weights=str(inception_weights) if inception_weights else None,
         backbone=backbone, recogniser=str(recogniser) if recogniser else None,
     )
     report = evaluate(ckpt, data, settings=settings, say=lambda message: typer.echo(message, err=True))

@@ -423,6 +423,19 @@ def read_styles(data_dir: str | Path) -> dict[str, Any] | None:
     return record
 
 
+def split_groups(data_dir: str | Path, names: Sequence[str]) -> list[str]:
+    """The group each test pair `names` (file stems) was split by: near-duplicates share one.
+
+    A folder `travel data emoji` built groups the skin tones of an emoji (its card says so); anything else, a glyph
+    set or a user's own folder, has one group per pair. `travel eval` cuts its group-held-out two-sample halves
+    along these, as the builder cut train from test.
+    """
+    card_path = Path(data_dir) / CARD_FILE
+    if card_path.is_file() and read_card(card_path).get("dataset") == "emoji":
+        return [_key_name(emoji_group(emoji_key(Path(name).name))) for name in names]
+    return list(names)
+
+
 def _role_label(role: str) -> str:
     return {"A": "trainA", "B": "trainB", "test": "testA/testB"}[role]
 

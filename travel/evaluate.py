@@ -37,6 +37,9 @@ class EvalSettings:
     device: str = "auto"
     c2st_size: int = 64  # the two-sample classifier sees images at most this big
     c2st_steps: int = 300  # its training steps
+    # Classifier seeds (seed, seed + 1, ...) averaged in c2st_mean and c2st_group: one seed's accuracy moves by
+    # 0.03-0.10 with the seed alone (docs/BENCHMARKS.md), more than most differences worth measuring.
+    c2st_seeds: int = 5
     inception_weights: str | None = None  # torchvision inception_v3 state dict; KID/FID are skipped without it
     backbone: bool = True  # KID, FD and retrieval on the ImageNet EfficientNet-Lite0 features (no download; skipped if absent)
     recogniser: str | None = None  # character recogniser (travel data recogniser); None: DATA/recogniser.safetensors if there
@@ -52,8 +55,8 @@ class EvalSettings:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.c2st_size < 8 or self.c2st_steps < 1:
-            raise ConfigError("the two-sample test needs --c2st-size >= 8 and --c2st-steps >= 1")
+        if self.c2st_size < 8 or self.c2st_steps < 1 or self.c2st_seeds < 1:
+            raise ConfigError("the two-sample test needs --c2st-size >= 8, --c2st-steps >= 1 and --c2st-seeds >= 1")
         if self.kid_subset_size < 2 or self.kid_subsets < 1:
             raise ConfigError("KID needs a subset size >= 2 and at least one subset")
 
@@ -225,10 +228,12 @@ def score(
     *, source: torch.Tensor, target: torch.Tensor, translation: torch.Tensor, paired: bool, settings: EvalSettings,
     inception: InceptionFeatures | None = None, say: MessageFn | None = None, backbone: BackboneFeatures | None = None,
     recogniser: Any = None, source_chars: list[str] | None = None, target_chars: list[str] | None = None,
+    groups: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Metrics for the translation and for the identity baseline (the source itself), row by row.
 
     source, translation: [N, 3, S, S]; target: [M, 3, S, S] (M = N and row i <-> row i when paired).
+    groups: [N] group ids of a paired set's pairs (near-duplicates share one), for the group-held-out two-sample test.
     Missing metrics are None (unpaired sets have no L1 / SSIM / retrieval; no Inception weights, no KID / FID).
     """
     say = say or (lambda message: None)
@@ -238,7 +243,7 @@ def score(
     for row, candidate in (("translation", translation), ("identity", source)):
         metrics: dict[str, float | None] = dict.fromkeys(
             ("recognition", "l1", "ssim", "retrieval", "retrieval_backbone", "c2st_accuracy", "c2st_train_accuracy",
-             "kid_backbone", "kid_backbone_std", "fd_backbone", "kid", "kid_std", "fid")
+             "c2st_mean", "c2st_std", "c2st_group", "c2st_group_std", "kid_backbone", "kid_backbone_std", "fd_backbone", "kid", "kid_std", "fid")
         )
         if recogniser is not None and source_chars is not None:
             metrics["recognition"] = recogniser.accuracy(candidate, source_chars)
@@ -256,8 +261,7 @@ def score(
                 metrics["retrieval_backbone"] = feature_retrieval(features, target_backbone)
         if min(candidate.shape[0], target.shape[0]) >= 4:
             say(f"{row}: two-sample test ({settings.c2st_steps} steps)")
-            c2st = two_sample_accuracy(target, candidate, seed=settings.seed, size=settings.c2st_size, steps=settings.c2st_steps)
-            metrics["c2st_accuracy"], metrics["c2st_train_accuracy"] = c2st["accuracy"], c2st["train_accuracy"]
+            metrics.update(two_sample_scores(target, candidate, settings, groups=groups if paired else None))
         if inception is not None and target_features is not None and min(candidate.shape[0], target.shape[0]) >= 2:
             say(f"{row}: Inception features")
             features = inception(candidate, batch_size=settings.batch_size)
@@ -269,6 +273,37 @@ def score(
         # The ceiling: how well the recogniser reads the real targets (not a translation; no other score applies).
         rows["target"] = {**dict.fromkeys(rows["translation"]), "recognition": recogniser.accuracy(target, target_chars)}
     return rows
+
+
+def two_sample_scores(
+    target: torch.Tensor, candidate: torch.Tensor, settings: EvalSettings, *, groups: torch.Tensor | None,
+) -> dict[str, float | None]:
+    """The two-sample test's scores for one row: settings.seed's accuracy (c2st_accuracy, as every report before
+    c2st_seeds had it), its mean and spread over settings.c2st_seeds classifier seeds, and with `groups` the same
+    seeds' mean with whole groups held out (c2st_group)."""
+    seeds = range(settings.seed, settings.seed + settings.c2st_seeds)
+    options = {"size": settings.c2st_size, "steps": settings.c2st_steps}
+    runs = [two_sample_accuracy(target, candidate, seed=seed, **options) for seed in seeds]
+    accuracies = np.array([run["accuracy"] for run in runs])
+    scores: dict[str, float | None] = {
+        "c2st_accuracy": runs[0]["accuracy"], "c2st_train_accuracy": runs[0]["train_accuracy"],
+        "c2st_mean": float(accuracies.mean()), "c2st_std": float(accuracies.std()),
+        "c2st_group": None, "c2st_group_std": None,
+    }
+    if groups is not None and torch.unique(groups).shape[0] >= 2:
+        grouped = np.array([two_sample_accuracy(target, candidate, seed=seed, groups=groups, **options)["accuracy"]
+                            for seed in seeds])
+        scores["c2st_group"], scores["c2st_group_std"] = float(grouped.mean()), float(grouped.std())
+    return scores
+
+
+def pair_groups(data_dir: str | Path, test_set: TestSet) -> torch.Tensor:
+    """[N] ids of the groups the dataset split its test pairs by (travel.datasets.split_groups)."""
+    from travel.datasets import split_groups
+
+    names = split_groups(data_dir, [_pair_key(p, p.parent) for p in test_set.source])
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(name, len(index)) for name in names])
 
 
 def _recogniser_for(
@@ -401,9 +436,14 @@ def evaluate(
             backbone = BackboneFeatures(device=translator.device)
         except BackboneError as exc:
             notes.append(f"backbone KID/FD/retrieval skipped: {exc}")
+    groups = None
+    if test_set.paired and skipped:
+        notes.append("group-held-out two-sample test skipped: some test images were unreadable")
+    elif test_set.paired:
+        groups = pair_groups(data_dir, test_set)
     rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
                  inception=inception, say=say, backbone=backbone, recogniser=recogniser, source_chars=source_chars,
-                 target_chars=target_chars)
+                 target_chars=target_chars, groups=groups)
     styles = style_scores(data_dir, weights_path, translator, source, size=size, settings=settings, say=say)
 
     if skipped:
@@ -452,6 +492,11 @@ DEFINITIONS = {
     "pixel distance rewards keeping the layout, so compare with the identity row (DESIGN.md section 7)",
     "c2st_accuracy": "held-out accuracy of a small CNN trained to tell real target images from these images; "
     "0.5 = indistinguishable from real targets, 1.0 = always told apart (lower is better)",
+    "c2st_mean": "c2st_accuracy's mean over c2st_seeds classifier seeds (c2st_std: their standard deviation); one "
+    "seed's figure moves with the seed alone",
+    "c2st_group": "the same seeds' mean with the halves cut between whole groups of the dataset's split (emoji: the "
+    "skin tones of one emoji; otherwise each pair), a pair's target and image in the same half: the classifier cannot "
+    "pass by remembering a drawing from its near-duplicate in the other half (paired sets only)",
     "kid": "kernel Inception distance: unbiased MMD^2, kernel (x.y / 2048 + 1)^3, on Inception pool features (lower is better)",
     "fid": "Frechet Inception distance (lower is better)",
 }
@@ -471,7 +516,8 @@ def format_table(report: dict[str, Any]) -> str:
     rows = report["metrics"]
     columns = [("recognition", "recognised", "{:.3f}"), ("l1", "L1", "{:.4f}"), ("ssim", "SSIM", "{:.4f}"),
                ("retrieval", "px retrieval", "{:.3f}"), ("retrieval_backbone", "feat retrieval", "{:.3f}"),
-               ("c2st_accuracy", "C2ST acc", "{:.3f}"), ("kid_backbone", "KID (ENet)", "{:.4f}"),
+               ("c2st_accuracy", "C2ST acc", "{:.3f}"), ("c2st_mean", "C2ST mean", "{:.3f}"),
+               ("c2st_group", "C2ST group", "{:.3f}"), ("kid_backbone", "KID (ENet)", "{:.4f}"),
                ("fd_backbone", "FD (ENet)", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("fid", "FID", "{:.2f}")]
     columns = [c for c in columns if any(rows[r][c[0]] is not None for r in rows)]
     cells = [["", *[title for _, title, _ in columns]]]
@@ -492,7 +538,10 @@ def format_table(report: dict[str, Any]) -> str:
         legend.append("recognised: read as the source's character by a recogniser trained on other fonts; the target "
                       "row (real targets) is its ceiling")
     if any(rows[r]["c2st_accuracy"] is not None for r in rows):
-        legend.append("C2ST acc: held-out accuracy telling real targets from these images (0.5 = indistinguishable)")
+        seeds = report["settings"].get("c2st_seeds", 1)
+        legend.append(f"C2ST acc: held-out accuracy telling real targets from these images (0.5 = indistinguishable), "
+                      f"classifier seed {report['settings']['seed']}; C2ST mean: over {seeds} seeds; C2ST group: the same "
+                      f"seeds with near-duplicates (the dataset's split groups) kept in one half")
     styles = report.get("styles")
     if styles:
         chance = styles["chance"]

@@ -122,13 +122,18 @@ def style_classifier(
 
 def two_sample_accuracy(
     real: torch.Tensor, fake: torch.Tensor, *, seed: int = 0, size: int = 64, steps: int = 300, batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float = 2e-3, groups: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Held-out accuracy of a small CNN trained to tell `real` from `fake` ([N, 3, H, W] each, in [-1, 1]).
 
     Both sets are cut to the same count (so chance is exactly 0.5), shuffled with `seed`, and split in halves:
     the classifier trains on one half of each and is scored on the other. 0.5 = indistinguishable,
     1.0 = always told apart. Deterministic for a seed (runs on the CPU, leaves the global RNG untouched).
+
+    groups: for a paired set (real[i] and fake[i] show the same item), a group id per pair [N]. Items of one group
+    are near-duplicates (the skin tones of one emoji): the halves are then cut between whole groups, and real[i] and
+    fake[i] fall in the same half, so the classifier cannot pass by remembering one drawing from its sibling in the
+    other half. The cut is the group boundary nearest the middle, so the halves may differ by part of a group.
     """
     if real.ndim != 4 or fake.ndim != 4 or real.shape[1] != 3 or fake.shape[1] != 3:
         raise ValueError(f"expected [N, 3, H, W] images, got {tuple(real.shape)} and {tuple(fake.shape)}")
@@ -139,9 +144,14 @@ def two_sample_accuracy(
         raise ValueError("two-sample test: steps >= 1, batch_size >= 2 and size >= 8 are required")
     rng = torch.Generator().manual_seed(seed)
     side = min(size, *real.shape[-2:], *fake.shape[-2:])  # never upsample: it would only blur both sets alike
-    real = _prepare(real[torch.randperm(real.shape[0], generator=rng)[:count]], side)  # [count, 3, side, side]
-    fake = _prepare(fake[torch.randperm(fake.shape[0], generator=rng)[:count]], side)
-    half = count // 2
+    if groups is None:
+        real = _prepare(real[torch.randperm(real.shape[0], generator=rng)[:count]], side)  # [count, 3, side, side]
+        fake = _prepare(fake[torch.randperm(fake.shape[0], generator=rng)[:count]], side)
+        half = count // 2
+    else:
+        order = _group_split_order(groups, real.shape[0], fake.shape[0], rng)
+        half = _group_cut(groups[order])
+        real, fake = _prepare(real[order], side), _prepare(fake[order], side)
     train_x = torch.cat([real[:half], fake[:half]])  # [2 * half, 3, side, side]
     train_y = torch.cat([torch.ones(half), torch.zeros(half)])
     test_x = torch.cat([real[half:], fake[half:]])
@@ -171,6 +181,27 @@ def two_sample_accuracy(
     accuracy = float(((test_logits > 0).float() == test_y).float().mean())
     train_accuracy = float(((train_logits > 0).float() == train_y).float().mean())
     return {"accuracy": accuracy, "train_accuracy": train_accuracy, "held_out": int(test_y.shape[0]), "size": side}
+
+
+def _group_split_order(groups: torch.Tensor, n_real: int, n_fake: int, rng: torch.Generator) -> torch.Tensor:
+    """Rows in a seeded random order of whole groups (each group's rows together, shuffled within): [N]."""
+    if groups.ndim != 1 or not n_real == n_fake == groups.shape[0]:
+        raise ValueError(f"groups need one id per pair of a paired set: {n_real} real, {n_fake} fake, "
+                         f"{tuple(groups.shape)} ids")
+    ids, group_of_row = torch.unique(groups, return_inverse=True)
+    if ids.shape[0] < 2:
+        raise ValueError("a group-held-out two-sample test needs at least 2 groups")
+    group_rank = torch.empty(ids.shape[0], dtype=torch.long)
+    group_rank[torch.randperm(ids.shape[0], generator=rng)] = torch.arange(ids.shape[0])
+    within = torch.rand(groups.shape[0], generator=rng)  # in [0, 1): orders rows inside a group, never across
+    return torch.argsort(group_rank[group_of_row].double() + within.double())
+
+
+def _group_cut(ordered_groups: torch.Tensor) -> int:
+    """The group boundary of `ordered_groups` [N] (whole groups in sequence) nearest N / 2."""
+    boundaries = torch.nonzero(ordered_groups[1:] != ordered_groups[:-1]).flatten() + 1
+    middle = ordered_groups.shape[0] / 2
+    return int(boundaries[torch.argmin((boundaries.double() - middle).abs())])
 
 
 def _prepare(images: torch.Tensor, side: int) -> torch.Tensor:
