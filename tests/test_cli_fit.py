@@ -86,6 +86,9 @@ def test_generator_options_reach_the_config(folders):
     assert from_dict(FitConfig, json.loads(flat.stdout)).model.generator.warp is False
     flipless = invoke("fit", "--src", red, "--dst", blue, "--no-flip", "--dry-run", *TINY)
     assert from_dict(FitConfig, json.loads(flipless.stdout)).data.flip is False
+    assert default.data.augment_colour is True
+    plain = invoke("fit", "--src", red, "--dst", blue, "--no-augment-colour", "--dry-run", *TINY)
+    assert from_dict(FitConfig, json.loads(plain.stdout)).data.augment_colour is False
     result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "9", "--dry-run", *TINY)
     assert result.exit_code != 0 and "skip_from" in result.output and "Traceback" not in result.output
 

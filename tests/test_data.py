@@ -377,3 +377,19 @@ def test_unpaired_batches_depend_only_on_seed_and_step(tmp_path):
     assert same_batches(full[2:], batches_of(make(2, 6), workers=2))
     assert not same_batches(full, batches_of(make(0, 6, seed=4), workers=0))  # the seed matters
     assert not torch.equal(full[0][0], full[1][0])  # and so does the step
+
+
+def test_augment_without_colour_keeps_every_colour_as_drawn():
+    """--no-augment-colour: translation (reflection padding) and cutout only, so a flat image keeps its colour
+    wherever cutout did not black it out. With colour jitter on, the colour moves."""
+    from travel.augment import DiffAugment
+
+    colour = torch.tensor([0.3, -0.5, 0.7])[None, :, None, None]
+    flat = colour.expand(6, 3, 16, 16).contiguous()  # [6, 3, 16, 16]
+    torch.manual_seed(0)
+    plain = DiffAugment(colour=False)(flat)
+    kept = (plain - colour).abs().amax(dim=1) <= 1e-5  # resampling a constant returns it, up to float rounding
+    erased = (plain + 1).abs().amax(dim=1) <= 1e-5  # cutout's value 0 in [0, 1] is -1 here
+    assert bool((kept | erased).all()) and kept.float().mean() > 0.5
+    jittered = DiffAugment(colour=True)(flat)
+    assert (jittered - colour).abs().amax() > 1e-3

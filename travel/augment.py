@@ -14,9 +14,10 @@ class DiffAugment(nn.Module):
     never sees an un-augmented image in the realism loss, so it cannot memorise a small dataset.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, colour: bool = True) -> None:
         super().__init__()
-        self.colour = K.ColorJiggle(brightness=0.2, contrast=0.2, saturation=0.2, p=1.0)
+        # colour=False: translation and cutout only, so D judges colours as drawn (DataConfig.augment_colour).
+        self.colour = K.ColorJiggle(brightness=0.2, contrast=0.2, saturation=0.2, p=1.0) if colour else nn.Identity()
         self.translate = K.RandomAffine(degrees=0.0, translate=(0.125, 0.125), padding_mode="reflection", p=1.0)
         self.cutout = K.RandomErasing(scale=(0.02, 0.12), ratio=(0.5, 2.0), value=0.0, p=0.5)
 

@@ -89,6 +89,10 @@ def fit(
         help="What self-conditioning clusters: discriminator (D's trunk features, reclustered as D learns) or backbone (style statistics of the frozen ImageNet features, clustered once).",
     ),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Differentiable augmentation for the discriminator."),
+    augment_colour: bool = typer.Option(
+        True, "--augment-colour/--no-augment-colour",
+        help="Colour jitter among those augmentations; --no-augment-colour lets D see every colour as G drew it.",
+    ),
     flip: bool = typer.Option(
         True, "--flip/--no-flip",
         help="Random horizontal flips of the training images; --no-flip for domains a mirror changes (text, slanted styles).",
@@ -146,7 +150,7 @@ def fit(
             data=DataConfig(
                 source=str(source.resolve()), target=str(target.resolve()),
                 load_size=load_size if load_size is not None else max(size, round(size * 1.12)), crop_size=size,
-                augment=augment, flip=flip, workers=workers, cache=cache,
+                augment=augment, augment_colour=augment_colour, flip=flip, workers=workers, cache=cache,
             ),
             train=TrainConfig(
                 steps=steps, batch_size=batch_size, lr_g=lr_g if lr_g is not None else family.lr_g, lr_d=lr_d, d_steps=d_steps, seed=seed,

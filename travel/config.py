@@ -188,6 +188,9 @@ class DataConfig:
     crop_size: int = 128  # training crop (square)
     flip: bool = True  # random horizontal flips
     augment: bool = True  # differentiable augmentation of everything the adversarial loss sees
+    # Colour jitter (brightness, contrast, saturation) among those augmentations. Off, D sees every colour as G drew
+    # it, so a drift of tone or a colour cast costs G realism; where colour is part of the style, measure both.
+    augment_colour: bool = True
     workers: int = 0  # data-loading worker processes
     cache: bool = False  # keep decoded, resized images in memory
 

@@ -136,7 +136,7 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     memory_format = accelerate(nets, config, device, say)
     source, target = (t.contiguous(memory_format=memory_format) for t in (source, target))
     opt_g, opt_d = make_optimizers(nets, config, device)
-    augment = DiffAugment() if config.data.augment else nn.Identity()
+    augment = DiffAugment(colour=config.data.augment_colour) if config.data.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)
     step_counter = [0]
 

@@ -439,7 +439,7 @@ def _fit(
     nets = build_nets(config, device)
     memory_format = accelerate(nets, config, device, say)
     opt_g, opt_d = make_optimizers(nets, config, device)
-    augment = DiffAugment() if dc.augment else nn.Identity()
+    augment = DiffAugment(colour=dc.augment_colour) if dc.augment else nn.Identity()
     anchor = torch.zeros(config.model.discriminator.vec_len, device=device)  # c: the origin
     styles = make_styles(config, len(target), device)
 
