@@ -425,6 +425,11 @@ def evaluate(
     notes = list(test_set.notes)
     # Before translating: a recogniser that is missing or does not fit this data is refused without wasted work.
     recogniser, source_chars, target_chars = _recogniser_for(data_dir, test_set, settings, skipped, notes)
+    groups = None
+    if test_set.paired and skipped:
+        notes.append("group-held-out two-sample test skipped: some test images were unreadable")
+    elif test_set.paired:
+        groups = pair_groups(data_dir, test_set)
     say(f"translating {source.shape[0]} images")
     translation = translate_all(translator, source, batch_size=settings.batch_size)  # [N, 3, S, S]
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
@@ -436,11 +441,6 @@ def evaluate(
             backbone = BackboneFeatures(device=translator.device)
         except BackboneError as exc:
             notes.append(f"backbone KID/FD/retrieval skipped: {exc}")
-    groups = None
-    if test_set.paired and skipped:
-        notes.append("group-held-out two-sample test skipped: some test images were unreadable")
-    elif test_set.paired:
-        groups = pair_groups(data_dir, test_set)
     rows = score(source=source, target=target, translation=translation, paired=test_set.paired, settings=settings,
                  inception=inception, say=say, backbone=backbone, recogniser=recogniser, source_chars=source_chars,
                  target_chars=target_chars, groups=groups)
