@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,60 @@ def test_emoji_sets_group_the_skin_tones_of_one_emoji(tmp_path):
     groups = split_groups(tmp_path, names)
     assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4]
     assert len({groups[0], groups[3], groups[5]}) == 3
+
+
+def test_a_groups_file_names_the_near_duplicates(tmp_path):
+    from travel.datasets import split_groups
+
+    names = ["cat-1", "cat-2", "dog-1", "dog"]
+    (tmp_path / "groups.json").write_text(json.dumps({"cat-1": "cat", "cat-2": "cat", "dog-1": "dog"}))
+    groups = split_groups(tmp_path, names)
+    assert groups[0] == groups[1] and len(set(groups)) == 3
+    # "dog" is not in the file: a group of its own, even though a listed group has the same name.
+    assert groups[2] != groups[3]
+    # The file wins over the emoji card's own grouping.
+    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.datasets.build_emoji", "dataset": "emoji"}))
+    assert split_groups(tmp_path, names) == groups
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"cat-1": "cat",', "not readable JSON"),
+        ('["cat-1", "cat-2"]', "expected an object mapping test pair names to group names"),
+        ('{"cat-1": 3}', "expected an object mapping test pair names to group names"),
+        ('{"cat-9": "cat"}', "1 name(s) are not test pairs, e.g. 'cat-9'"),
+    ],
+)
+def test_a_bad_groups_file_is_refused_in_one_line(tmp_path, content, message):
+    from travel.datasets import split_groups
+
+    (tmp_path / "groups.json").write_text(content)
+    with pytest.raises(DataError, match=re.escape(message)):
+        split_groups(tmp_path, ["cat-1", "cat-2"])
+
+
+def test_eval_cuts_the_group_halves_along_a_groups_file(tmp_path, checkpoint):
+    from travel.metrics import two_sample_accuracy
+
+    data = _test_set(tmp_path / "shapes")
+    names = sorted(p.stem for p in (data / "testA").iterdir())
+    assert len(names) == 8
+    (data / "groups.json").write_text(json.dumps({name: f"g{i // 2}" for i, name in enumerate(names)}))  # 4 pairs of 2
+    out = tmp_path / "r.json"
+    args = ["eval", "--ckpt", str(checkpoint), "--data", str(data), "--c2st-seeds", "2", "--no-backbone", *QUICK]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    identity = json.loads(out.read_text())["metrics"]["identity"]
+    source, target, _ = load_test_set(find_test_set(data), 32)
+    groups = torch.arange(8) // 2  # the test set is in sorted name order, as the file was written
+    grouped = [two_sample_accuracy(target, source, seed=s, steps=5, groups=groups)["accuracy"] for s in range(2)]
+    assert identity["c2st_group"] == pytest.approx(sum(grouped) / 2)
+    # A typo in the file stops eval with one line before any translating.
+    (data / "groups.json").write_text(json.dumps({"no-such-image": "g0"}))
+    bad = runner.invoke(app, args)
+    assert bad.exit_code == 2 and "no-such-image" in bad.output and "Traceback" not in bad.output
+    assert "translating" not in bad.output
 
 
 @pytest.mark.parametrize(

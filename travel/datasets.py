@@ -27,6 +27,7 @@ from travel.hashing import sha256_file
 BUILDER_VERSION = 1  # bump when a change alters the files a builder writes
 SPLITS = ("trainA", "trainB", "testA", "testB")
 CARD_FILE = "dataset_card.json"
+GROUPS_FILE = "groups.json"  # optional, written by a user: test pair name -> near-duplicate group
 CARD_MARKDOWN = "README.md"
 SPLITS_FILE = "splits.json"
 STYLES_FILE = "styles.json"  # mixed-style targets: each trainB / testB image's true style (build_glyphs style_fonts)
@@ -426,14 +427,38 @@ def read_styles(data_dir: str | Path) -> dict[str, Any] | None:
 def split_groups(data_dir: str | Path, names: Sequence[str]) -> list[str]:
     """The group each test pair `names` (file stems) was split by: near-duplicates share one.
 
-    A folder `travel data emoji` built groups the skin tones of an emoji (its card says so); anything else, a glyph
-    set or a user's own folder, has one group per pair. `travel eval` cuts its group-held-out two-sample halves
-    along these, as the builder cut train from test.
+    A groups.json in the folder says it outright (any user can write one: {"pair name": "group name", ...}; pairs
+    it leaves out are each their own group). Without one, a folder `travel data emoji` built groups the skin tones
+    of an emoji (its card says so); anything else has one group per pair. `travel eval` cuts its group-held-out
+    two-sample halves along these, as the builder cut train from test.
     """
+    groups_path = Path(data_dir) / GROUPS_FILE
+    if groups_path.is_file():
+        return read_groups(groups_path, names)
     card_path = Path(data_dir) / CARD_FILE
     if card_path.is_file() and read_card(card_path).get("dataset") == "emoji":
         return [_key_name(emoji_group(emoji_key(Path(name).name))) for name in names]
     return list(names)
+
+
+def read_groups(path: str | Path, names: Sequence[str]) -> list[str]:
+    """Each of `names`' group from a groups.json; a name the file leaves out is a group of its own."""
+    path = Path(path)
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc})") from None
+    example = '{"cat-01": "cat", "cat-02": "cat"}'
+    if not isinstance(table, dict) or not all(isinstance(group, str) and group for group in table.values()):
+        raise DataError(f"{path}: expected an object mapping test pair names to group names, e.g. {example}")
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise DataError(
+            f"{path}: {len(unknown)} name(s) are not test pairs, e.g. {unknown[0]!r} "
+            "(names are the test images' file names without their extension)"
+        )
+    # Distinct prefixes: a listed group's name can never merge with a pair left on its own.
+    return [f"group:{table[name]}" if name in table else f"pair:{name}" for name in names]
 
 
 def _role_label(role: str) -> str:

@@ -297,11 +297,12 @@ def two_sample_scores(
     return scores
 
 
-def pair_groups(data_dir: str | Path, test_set: TestSet) -> torch.Tensor:
+def pair_groups(data_dir: str | Path, test_set: TestSet, *, split: str = "test") -> torch.Tensor:
     """[N] ids of the groups the dataset split its test pairs by (travel.datasets.split_groups)."""
     from travel.datasets import split_groups
 
-    names = split_groups(data_dir, [_pair_key(p, p.parent) for p in test_set.source])
+    folder = Path(data_dir) / f"{split}A"
+    names = split_groups(data_dir, [_pair_key(p, folder) for p in test_set.source])
     index: dict[str, int] = {}
     return torch.tensor([index.setdefault(name, len(index)) for name in names])
 
@@ -429,7 +430,7 @@ def evaluate(
     if test_set.paired and skipped:
         notes.append("group-held-out two-sample test skipped: some test images were unreadable")
     elif test_set.paired:
-        groups = pair_groups(data_dir, test_set)
+        groups = pair_groups(data_dir, test_set, split=settings.split)
     say(f"translating {source.shape[0]} images")
     translation = translate_all(translator, source, batch_size=settings.batch_size)  # [N, 3, S, S]
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
@@ -494,8 +495,8 @@ DEFINITIONS = {
     "0.5 = indistinguishable from real targets, 1.0 = always told apart (lower is better)",
     "c2st_mean": "c2st_accuracy's mean over c2st_seeds classifier seeds (c2st_std: their standard deviation); one "
     "seed's figure moves with the seed alone",
-    "c2st_group": "the same seeds' mean with the halves cut between whole groups of the dataset's split (emoji: the "
-    "skin tones of one emoji; otherwise each pair), a pair's target and image in the same half: the classifier cannot "
+    "c2st_group": "the same seeds' mean with the halves cut between whole groups of near-duplicates (DATA/groups.json; "
+    "without one, emoji: the skin tones of one emoji; otherwise each pair), a pair's target and image in the same half: the classifier cannot "
     "pass by remembering a drawing from its near-duplicate in the other half (paired sets only)",
     "kid": "kernel Inception distance: unbiased MMD^2, kernel (x.y / 2048 + 1)^3, on Inception pool features (lower is better)",
     "fid": "Frechet Inception distance (lower is better)",
