@@ -455,7 +455,7 @@ def read_groups(path: str | Path, names: Sequence[str]) -> list[str]:
     if unknown:
         raise DataError(
             f"{path}: {len(unknown)} name(s) are not test pairs, e.g. {unknown[0]!r} "
-            "(names are the test images' file names without their extension)"
+            "(names are the test images' paths under the split's A folder, e.g. testA/, without their extension)"
         )
     # Distinct prefixes: a listed group's name can never merge with a pair left on its own.
     return [f"group:{table[name]}" if name in table else f"pair:{name}" for name in names]
