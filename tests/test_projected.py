@@ -161,6 +161,71 @@ def test_mixing_needs_the_projected_family_and_is_recorded(domains, tmp_path):
     assert resumed.step == 3 and not resumed.interrupted
 
 
+def test_pixel_branch_is_one_more_patch_of_its_weight():
+    # The pixel-space branch is the scratch encoder on the image as it is, appended as patch P + 1 of weight w:
+    # the per-image loss is the heads' loss plus w times the branch's own anchor loss, computed here apart.
+    cfg = DiscriminatorConfig(family="projected", vec_len=4, resolution=32, head_channels=4, base_channels=4, depth=2,
+                              attention_level=1, pixel_weight=0.5)
+    torch.manual_seed(0)
+    disc = ProjectedDiscriminator(cfg)
+    plain = ProjectedDiscriminator(replace(cfg, pixel_weight=0.0))
+    plain.load_state_dict({k: v for k, v in disc.state_dict().items() if not k.startswith("pixel.")})
+    disc.eval(), plain.eval()  # spectral norm's power iteration would otherwise step on every call
+    real, fake = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        both_real, both_fake = disc(real), disc(fake)
+        heads_real, heads_fake = plain(real), plain(fake)
+        pixel_real, pixel_fake = disc.pixel(real), disc.pixel(fake)
+    assert both_real.shape == (3, 8 * 8 + 4 * 4 + 2 * 2 + 1 + 1, 4)
+    assert torch.equal(both_real[:, :-1], heads_real) and torch.equal(both_real[:, -1], pixel_real)
+    assert disc.patch_weights[-1].item() == 0.5 and disc.patch_weights[:-1].sum().item() == pytest.approx(1.0)
+    anchor = torch.zeros(4)
+    terms = anchor_d_loss(both_real, both_fake, anchor, margin=1.0, weights=disc.patch_weights)
+    heads = anchor_d_loss(heads_real, heads_fake, anchor, margin=1.0, weights=plain.patch_weights)
+    pixel = anchor_d_loss(pixel_real, pixel_fake, anchor, margin=1.0)
+    # Sums of a few hundred float32 products in another order: agree to float32 rounding, not bit for bit.
+    for key in ("d_real", "d_fake"):
+        assert terms[key].item() == pytest.approx(heads[key].item() + 0.5 * pixel[key].item(), rel=1e-5)
+    assert anchor_g_loss(both_fake, anchor, weights=disc.patch_weights).item() == pytest.approx(
+        anchor_g_loss(heads_fake, anchor, weights=plain.patch_weights).item() + 0.5 * anchor_g_loss(pixel_fake, anchor).item(),
+        rel=1e-5)
+    # The pooled vector (shared S) is the weighted mean: the heads' pooled vector and the branch's, 1 : 0.5.
+    expected = (pooled_embedding(heads_real, plain.patch_weights) + 0.5 * pixel_real) / 1.5
+    assert torch.allclose(pooled_embedding(both_real, disc.patch_weights), expected, atol=1e-5)
+    # The gradient reaches the image through both: the branch alone moves it too.
+    image = real.clone().requires_grad_(True)
+    disc(image)[:, -1].sum().backward()
+    assert image.grad.abs().sum() > 0
+
+
+def test_pixel_weight_needs_the_projected_family_trains_the_branch_and_resumes(domains, tmp_path):
+    src, dst = domains
+    runner = CliRunner()
+    base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["pixel_weight"] == 0.0
+    chosen = json.loads(runner.invoke(app, [*base, "--pixel-weight", "1"]).output)
+    assert chosen["model"]["discriminator"]["pixel_weight"] == 1.0
+    for bad, words in ((["--pixel-weight", "1", "--disc", "scratch"], "needs --disc projected"),
+                       (["--pixel-weight", "-1"], "pixel_weight must be >= 0")):
+        result = runner.invoke(app, [*base, *bad])
+        assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
+    # A short fit: the branch's weights are in D's state and change (it is trained); resume is exact with it.
+    config = projected_config(src, dst, steps=4, save_every=2)
+    disc = replace(config.model.discriminator, pixel_weight=1.0, base_channels=4, depth=2, attention_level=1)
+    config = replace(config, model=replace(config.model, discriminator=disc))
+    straight = fit(config, tmp_path / "straight")
+    fit(replace(config, train=replace(config.train, steps=2)), tmp_path / "resumed")
+    first = load_state(tmp_path / "resumed")["discriminator"]
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+    a, b = load_state(straight.run_dir), load_state(resumed.run_dir)
+    pixel_keys = [k for k in a["discriminator"] if k.startswith("pixel.")]
+    assert pixel_keys and any(not torch.equal(first[k], b["discriminator"][k]) for k in pixel_keys)
+    for part in ("generator", "discriminator", "siamese", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert json.loads(b["config"])["model"]["discriminator"]["pixel_weight"] == 1.0
+
+
 def test_d_resolution_sizes_the_backbone_input_and_needs_the_projected_family(domains):
     src, dst = domains
     runner = CliRunner()
@@ -244,9 +309,9 @@ def test_configs_saved_before_the_family_existed_are_scratch():
     from travel.config import from_dict, to_dict
 
     saved = to_dict(DiscriminatorConfig())
-    del saved["family"], saved["resolution"], saved["head_channels"], saved["mixing"]
+    del saved["family"], saved["resolution"], saved["head_channels"], saved["mixing"], saved["pixel_weight"]
     loaded = from_dict(DiscriminatorConfig, saved)
-    assert loaded.family == "scratch" and loaded.mixing == "none"
+    assert loaded.family == "scratch" and loaded.mixing == "none" and loaded.pixel_weight == 0.0
 
 
 @pytest.mark.parametrize("module", ["travel.inference", "travel.export", "travel.cli"])

@@ -53,6 +53,10 @@ def test_bench_config_mirrors_fit_defaults(tmp_path):
     assert config.model.discriminator.family == "projected"
     assert (config.train.batch_size, config.train.lr_g) == (fit_config.train.batch_size, fit_config.train.lr_g)
     assert config.data.crop_size == fit_config.data.crop_size == 128 and config.data.augment
+    # A discriminator option times what fit would train with it (here the projected pixel-space branch).
+    result = runner.invoke(app, ["fit", "--src", str(tmp_path / "a"), "--dst", str(tmp_path / "b"), "--pixel-weight", "1", "--dry-run"])
+    with_pixel = from_dict(FitConfig, json.loads(result.stdout)).model
+    assert bench_config(SpeedSettings(pixel_weight=1.0)).model == with_pixel and with_pixel.discriminator.pixel_weight == 1.0
 
 
 def test_speed_report_is_positive_and_consistent():

@@ -70,6 +70,10 @@ def fit(
     head_channels: int = typer.Option(64, "--head-channels", help="Projected discriminator: width of each scale's head."),
     d_resolution: Optional[int] = typer.Option(None, "--d-resolution", help="Projected discriminator: resize images to this side before the frozen backbone (a multiple of 32; default: 128, or the crop rounded up to 32 if larger)."),
     mixing: str = typer.Option("none", "--mixing", help="Projected discriminator: fixed random feature mixing, none, ccm (channels) or ccm+csm (channels and scales)."),
+    pixel_weight: float = typer.Option(
+        0.0, "--pixel-weight",
+        help="Projected discriminator: weight of a pixel-space branch (a scratch encoder on the images as they are) beside the frozen-feature heads; 0 = none.",
+    ),
     channels: int = typer.Option(DEFAULT_CHANNELS, "--channels", help="Generator and discriminator width at full resolution."),
     depth: int = typer.Option(4, "--depth", help="Generator and discriminator downsamplings."),
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding: replicate or zeros (lets G paint frames)."),
@@ -136,7 +140,7 @@ def fit(
         model = model_config_for(
             size=size, channels=channels, depth=depth, vec_len=vec_len, rotation=rotation, clusters=clusters, siamese=siamese,
             padding=padding, disc=disc, head_channels=head_channels, mixing=mixing, residual=residual, skip_from=skip_from, warp=warp,
-            d_resolution=d_resolution,
+            d_resolution=d_resolution, pixel_weight=pixel_weight,
         )
         family = FAMILY_DEFAULTS[disc]
         config = FitConfig(
@@ -537,6 +541,7 @@ def bench_speed(
     padding: str = typer.Option(DEFAULT_PADDING, "--padding", help="Generator border padding, as in travel fit."),
     warp: bool = typer.Option(True, "--warp/--no-warp", help="Generator displacement field, as travel fit --warp (the default)."),
     rotation: bool = typer.Option(False, "--rotation/--no-rotation", help="Include the SS-GAN rotation loss."),
+    pixel_weight: float = typer.Option(0.0, "--pixel-weight", help="Projected discriminator's pixel-space branch, as in travel fit."),
     channels_last: bool = typer.Option(False, "--channels-last/--no-channels-last", help="Train in NHWC, as travel fit --channels-last."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the trained networks, as travel fit --compile."),
     profile: bool = typer.Option(False, "--profile/--no-profile", help="Also print torch.profiler's top operators for inference and one training step."),
@@ -560,6 +565,7 @@ def bench_speed(
     settings = SpeedSettings(
         size=size, batch_size=batch_size, steps=steps, warmup=warmup, device=device, precision=precision, channels=channels,
         depth=depth, disc=disc, vec_len=vec_len, siamese=siamese, padding=padding, warp=warp, rotation=rotation, matmul_size=matmul_size,
+        pixel_weight=pixel_weight,
         channels_last=channels_last, compile=compile, profile=profile,
     )
     report = run_speed(settings, say=lambda message: typer.echo(f"measuring {message}", err=True))

@@ -101,6 +101,10 @@ class DiscriminatorConfig:
     # projected: Projected GAN's fixed random mixing of the backbone's features before the heads: "ccm" mixes channels
     # (a random 1x1 conv per scale), "ccm+csm" also mixes scales (deeper maps, upsampled, added to shallower ones).
     mixing: Literal["none", "ccm", "ccm+csm"] = field(default="none", metadata={"absent": "none"})  # type: ignore[assignment]
+    # projected: weight of a pixel-space branch beside the frozen-feature heads (0 = none): the scratch encoder
+    # (shaped by base_channels, max_channels, depth, attention_level), trained from scratch on the images as they
+    # are, its one vector per image judged with the same anchor loss as one more "patch" of this weight.
+    pixel_weight: float = field(default=0.0, metadata={"absent": 0.0})
 
     def __post_init__(self) -> None:
         _check(self.family in ("scratch", "projected"), f"discriminator family must be scratch or projected, got {self.family!r}")
@@ -108,6 +112,9 @@ class DiscriminatorConfig:
                f"projected resolution must be a multiple of 32 (the backbone's stride), got {self.resolution}")
         _check(self.head_channels >= 1, "head_channels must be >= 1")
         _check(self.mixing in MIXING, f"mixing must be one of {', '.join(MIXING)}, got {self.mixing!r}")
+        _check(self.pixel_weight >= 0, f"pixel_weight must be >= 0, got {self.pixel_weight}")
+        _check(self.pixel_weight == 0 or self.family == "projected",
+               "a pixel-space branch (pixel_weight) needs the projected family (the scratch one is pixel-space already)")
         _check(self.channels in (1, 3), f"discriminator channels must be 1 or 3, got {self.channels}")
         _check(self.base_channels >= 4, "discriminator base_channels must be >= 4")
         _check(self.max_channels >= self.base_channels, "discriminator max_channels must be >= base_channels")
@@ -371,7 +378,7 @@ def model_config_for(
     *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
     clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
     head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = True,
-    d_resolution: int | None = None,
+    d_resolution: int | None = None, pixel_weight: float = 0.0,
 ) -> ModelConfig:
     """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
     vec_len and siamese default to the family's (FAMILY_DEFAULTS); d_resolution (the side the projected family
@@ -379,6 +386,7 @@ def model_config_for(
     _check(disc in FAMILY_DEFAULTS, f"--disc must be one of {sorted(FAMILY_DEFAULTS)}, got {disc!r}")
     _check(mixing == "none" or disc == "projected", f"--mixing {mixing} needs --disc projected (it mixes the backbone's features)")
     _check(d_resolution is None or disc == "projected", "--d-resolution needs --disc projected (it sizes the backbone's input)")
+    _check(pixel_weight == 0 or disc == "projected", "--pixel-weight needs --disc projected (the scratch discriminator is pixel-space already)")
     family = FAMILY_DEFAULTS[disc]
     generator = GeneratorConfig(
         base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
@@ -389,6 +397,6 @@ def model_config_for(
         base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
         vec_len=vec_len if vec_len is not None else family.vec_len, rotation_head=rotation,
         resolution=d_resolution if d_resolution is not None else projected_resolution_for(size), head_channels=head_channels,
-        mixing=mixing,  # type: ignore[arg-type]
+        mixing=mixing, pixel_weight=pixel_weight,  # type: ignore[arg-type]
     )
     return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese or family.siamese)  # type: ignore[arg-type]

@@ -18,8 +18,8 @@ def anchor_distance(embedding: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
 
 
 def per_image(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-patch values [N, P] -> [N]: weighted by `weights` [P] (summing to 1; the projected discriminator's give
-    every scale the same share), or the plain mean without. Per-image values [N] are returned as they are."""
+    """Per-patch values [N, P] -> [N]: weighted by `weights` [P] (the projected discriminator's give every scale the
+    same share, summing to 1 over its heads' patches, plus its pixel branch's weight), or the plain mean without. Per-image values [N] are returned as they are."""
     if values.ndim == 1:
         return values
     return (values * weights).sum(dim=-1) if weights is not None else values.mean(dim=-1)
@@ -27,12 +27,13 @@ def per_image(values: torch.Tensor, weights: torch.Tensor | None = None) -> torc
 
 def pooled_embedding(embedding: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """One vector per image for the TraVeL and margin losses: [N, L] as it is; [N, P, L] -> the patches' weighted
-    mean [N, L] (with the projected weights: the mean over scales of each scale's mean vector)."""
+    mean [N, L] (with the projected weights: the mean over scales of each scale's mean vector, and the pixel
+    branch's vector in its share)."""
     if embedding.ndim == 2:
         return embedding
     if weights is None:
         return embedding.mean(dim=1)
-    return (embedding * weights[:, None]).sum(dim=1)
+    return (embedding * weights[:, None]).sum(dim=1) / weights.sum()
 
 
 def anchor_d_loss(

@@ -7,9 +7,17 @@ other and never branches on which:
   (1 / (4 * patches of its scale)); the scratch family has one vector per image and None here;
 - features(image) -> [N, F]: pooled trunk features for the rotation head and for clustering;
 - rotation_logits(features) -> [N, 4].
+
+With cfg.pixel_weight > 0 the projected discriminator also holds a pixel-space branch, the scratch encoder
+(travel.models.Discriminator) on the images as they are, trained from scratch beside the heads: its one vector per
+image is appended as one more patch of weight pixel_weight. The frozen features judge what ImageNet features see;
+the branch judges what they miss (exact colours, edges, the drawing of small parts), which a two-sample classifier
+trained on pixels reads.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +26,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from travel.backbone import FEATURE_CHANNELS, build_features
 from travel.config import DiscriminatorConfig
+from travel.models import Discriminator
 
 
 class FrozenBackbone(nn.Module):
@@ -129,6 +138,11 @@ class ProjectedDiscriminator(nn.Module):
         self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
         sides = [cfg.resolution // 2 ** (s + 2) for s in range(len(FEATURE_CHANNELS))]
         weights = torch.cat([torch.full((side * side,), 1.0 / (len(sides) * side * side)) for side in sides])
+        self.pixel = None
+        if cfg.pixel_weight > 0:
+            # The scratch family as it is, without a rotation head of its own (features() stays the heads').
+            self.pixel = Discriminator(replace(cfg, family="scratch", pixel_weight=0.0, rotation_head=False))
+            weights = torch.cat([weights, torch.tensor([cfg.pixel_weight])])
         self.register_buffer("patch_weights", weights, persistent=False)  # [P]; a function of the config, not state
 
     def _hidden(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -140,7 +154,10 @@ class ProjectedDiscriminator(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: [N, C, H, W] in [-1, 1]. Returns one vector per patch and scale: [N, P, vec_len]."""
         maps = [head(h) for head, h in zip(self.heads, self._hidden(image))]  # [N, L, h_s, w_s] each
-        return torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # [N, P, L]
+        vectors = torch.cat([m.flatten(2) for m in maps], dim=2).transpose(1, 2)  # [N, P, L]
+        if self.pixel is None:
+            return vectors
+        return torch.cat([vectors, self.pixel(image)[:, None, :]], dim=1)  # [N, P + 1, L]
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """The heads' hidden activations, averaged over each scale and concatenated: [N, 4 * head_channels].

@@ -52,6 +52,7 @@ class SpeedSettings:
     padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
     warp: bool = True  # G's learned displacement field, as `travel fit --warp` (the default)
     rotation: bool = False
+    pixel_weight: float = 0.0  # the projected family's pixel-space branch, as `travel fit --pixel-weight`
     augment: bool = True
     channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
     compile: bool = False  # torch.compile the trained networks, as `travel fit --compile`
@@ -73,7 +74,7 @@ def bench_config(settings: SpeedSettings) -> FitConfig:
     s = settings
     model = model_config_for(  # checks s.disc
         size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
-        padding=s.padding, disc=s.disc, warp=s.warp,
+        padding=s.padding, disc=s.disc, warp=s.warp, pixel_weight=s.pixel_weight,
     )
     family = FAMILY_DEFAULTS[s.disc]
     return FitConfig(
