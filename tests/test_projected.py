@@ -3,6 +3,7 @@ resume, bad backbone files, and translation that never imports timm. (Its known-
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -224,6 +225,18 @@ def test_pixel_weight_needs_the_projected_family_trains_the_branch_and_resumes(d
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     assert json.loads(b["config"])["model"]["discriminator"]["pixel_weight"] == 1.0
+    # benchmarks/disc_probe.py reads the run back and reports the heads and the branch apart.
+    spec = importlib.util.spec_from_file_location("disc_probe", Path(__file__).parents[1] / "benchmarks" / "disc_probe.py")
+    disc_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(disc_probe)
+    assert disc_probe.separation(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 0.5])) == 0.75  # 3 of 4 pairs
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "trainA").symlink_to(src, target_is_directory=True)
+    (data / "trainB").symlink_to(dst, target_is_directory=True)
+    rows = disc_probe.probe(straight.run_dir, data, "train", 8, augment=True)
+    assert set(rows) == {"heads", "pixel"}
+    assert all(0 <= row["separation"] <= 1 and row["d_real"] >= 0 and row["d_fake"] >= 0 for row in rows.values())
 
 
 def test_d_resolution_sizes_the_backbone_input_and_needs_the_projected_family(domains):
