@@ -19,7 +19,8 @@ def anchor_distance(embedding: torch.Tensor, anchor: torch.Tensor) -> torch.Tens
 
 def per_image(values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-patch values [N, P] -> [N]: weighted by `weights` [P] (the projected discriminator's give every scale the
-    same share, summing to 1 over its heads' patches, plus its pixel branch's weight), or the plain mean without. Per-image values [N] are returned as they are."""
+    same share, summing to 1 over its heads' patches, plus its pixel branch's weight), or the plain mean without.
+    Per-image values [N] are returned as they are."""
     if values.ndim == 1:
         return values
     return (values * weights).sum(dim=-1) if weights is not None else values.mean(dim=-1)

@@ -11,8 +11,9 @@ other and never branches on which:
 With cfg.pixel_weight > 0 the projected discriminator also holds a pixel-space branch, the scratch encoder
 (travel.models.Discriminator) on the images as they are, trained from scratch beside the heads: its one vector per
 image is appended as one more patch of weight pixel_weight. The frozen features judge what ImageNet features see;
-the branch judges what they miss (exact colours, edges, the drawing of small parts), which a two-sample classifier
-trained on pixels reads.
+the branch is meant to judge what they miss (exact colours, edges, the drawing of small parts), which a two-sample
+classifier trained on pixels reads. Measured on emoji it never learned to: its separation of translations from
+targets stayed at chance (docs/BENCHMARKS.md, "A pixel-space branch"), so it is off by default.
 """
 
 from __future__ import annotations
