@@ -2,8 +2,9 @@
 
     python benchmarks/disc_probe.py --data DATA [--split train|test] [--augment] RUN_DIR [RUN_DIR ...]
 
-Loads the resume state of each run (its discriminator and EMA generator), takes the same random crops of
-`--count` source and target images of the split (the run's training crop size), translates the sources, and
+Loads the resume state of each run (its discriminator and EMA generator), loads the first `--count` source and
+target images of the split at the run's load size (as `travel eval` loads a test set), takes the same random crops
+of both (the run's training crop size), translates the sources, and
 reports for the frozen-feature heads and, when the run has one, the pixel-space branch (`--pixel-weight`): the mean
 anchor distance d of the real targets and of the translations, and their separation, P(d(translation) > d(real))
 over all pairs (1 = every translation judged less real than every target, 0.5 = chance). `--augment` passes both
@@ -21,14 +22,9 @@ import torch
 from travel.augment import DiffAugment
 from travel.checkpoint import load_state
 from travel.config import FitConfig, from_dict
-from travel.data import find_images, image_to_tensor, load_image
+from travel.evaluate import find_test_set, load_test_set
 from travel.losses import anchor_distance, per_image
 from travel.models import build_discriminator, build_generator
-
-
-def load_split(data: Path, folder: str, count: int) -> torch.Tensor:
-    paths = find_images(data / folder)[:count]
-    return torch.stack([image_to_tensor(load_image(p)) for p in paths])
 
 
 def separation(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -45,7 +41,7 @@ def probe(run: Path, data: Path, split: str, count: int, augment: bool, seed: in
     gen = build_generator(config.model.generator)
     gen.load_state_dict(state["ema"])
     disc.eval(), gen.eval()
-    source, target = load_split(data, f"{split}A", count), load_split(data, f"{split}B", count)
+    source, target, _ = load_test_set(find_test_set(data, split=split, limit=count), config.data.load_size)
     torch.manual_seed(seed)
     aug = DiffAugment(colour=config.data.augment_colour) if augment else (lambda x: x)
     crop, rng = config.data.crop_size, torch.Generator().manual_seed(seed)
