@@ -1,12 +1,15 @@
 """What does the two-sample test read? Re-score a checkpoint's held-out translations under transforms of both sets.
 
-    python benchmarks/c2st_probe.py --data DATA --size 128 [--grid most-detected.png] CKPT|identity [...]
+    python benchmarks/c2st_probe.py --data DATA --size 128 [--grid most-detected.png] [--seeds N]
+        [--transforms "as is,silhouette"] [--by-group] CKPT|identity [...]
 
 For each checkpoint (or `identity`, the untranslated sources), `travel eval`'s two-sample test (64 px, 300 steps)
 with classifier seeds 0, 1, 2, on: the images as they are; both sets in grey; both reduced to silhouettes (pixels
 darker than near-white in any channel); both blurred (5x5 box); both at 16 px; each image reduced to its mean
 colour; then with the halves cut between the dataset's split groups (travel.evaluate.pair_groups). A transform
-that leaves the accuracy where it was removes nothing the classifier needs. --grid saves, for the first
+that leaves the accuracy where it was removes nothing the classifier needs. --by-group scores every transform with
+group halves too (silhouettes by group: does the shape carry over to drawings the classifier never saw?); --seeds
+sets how many classifier seeds (0, 1, ...; 3 by default), --transforms which transforms (all by default). --grid saves, for the first
 checkpoint, the 16 translations the classifier finds most fake (cross-fitted over 3 pair splits), each over its
 source and its real target.
 """
@@ -22,8 +25,6 @@ from torchvision.utils import make_grid, save_image
 from travel.evaluate import find_test_set, load_test_set, pair_groups, translate_all
 from travel.inference import Translator
 from travel.metrics import _prepare, _TwoSampleNet, two_sample_accuracy
-
-SEEDS = (0, 1, 2)
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:
@@ -83,19 +84,35 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--grid", help="PNG of the most detected translations of the first checkpoint")
+    parser.add_argument("--seeds", type=int, default=3, help="classifier seeds 0 .. N-1")
+    parser.add_argument("--transforms", default=",".join(TRANSFORMS), help="comma-separated, of: " + ", ".join(TRANSFORMS))
+    parser.add_argument("--by-group", action="store_true", help="also score every transform with group halves")
     args = parser.parse_args()
+    transforms = [name.strip() for name in args.transforms.split(",")]
+    if args.seeds < 1 or any(name not in TRANSFORMS for name in transforms):
+        parser.error(f"--seeds must be >= 1 and --transforms a list of: {', '.join(TRANSFORMS)}")
+    seeds = range(args.seeds)
     test_set = find_test_set(args.data)
     source, target, _ = load_test_set(test_set, args.size)
     groups = pair_groups(args.data, test_set)
-    print(f"{source.shape[0]} pairs in {len(groups.unique())} groups; classifier seeds {SEEDS}")
+    print(f"{source.shape[0]} pairs in {len(groups.unique())} groups; classifier seeds {list(seeds)}")
+
+    def report(ckpt: str, name: str, halves: str, accs: list[float]) -> None:
+        print(f"{ckpt:24s} {name:12s} {halves:13s} " + " ".join(f"{a:.3f}" for a in accs)
+              + f"  mean {sum(accs) / len(accs):.3f}", flush=True)
+
     for index, ckpt in enumerate(args.ckpts):
         images = source if ckpt == "identity" else translate_all(
             Translator.from_pretrained(ckpt, device="cpu"), source, batch_size=8)
-        for name, fn in TRANSFORMS.items():
-            accs = [two_sample_accuracy(fn(target), fn(images), seed=s)["accuracy"] for s in SEEDS]
-            print(f"{ckpt:24s} {name:12s} " + " ".join(f"{a:.3f}" for a in accs) + f"  mean {sum(accs) / 3:.3f}", flush=True)
-        accs = [two_sample_accuracy(target, images, seed=s, groups=groups)["accuracy"] for s in SEEDS]
-        print(f"{ckpt:24s} {'group halves':12s} " + " ".join(f"{a:.3f}" for a in accs) + f"  mean {sum(accs) / 3:.3f}")
+        for name in transforms:
+            fn = TRANSFORMS[name]
+            report(ckpt, name, "image halves", [two_sample_accuracy(fn(target), fn(images), seed=s)["accuracy"] for s in seeds])
+            if args.by_group:
+                report(ckpt, name, "group halves", [two_sample_accuracy(fn(target), fn(images), seed=s, groups=groups)["accuracy"]
+                                                    for s in seeds])
+        if not args.by_group:  # the images as they are, by group (as every report before --by-group had it)
+            report(ckpt, "as is", "group halves", [two_sample_accuracy(target, images, seed=s, groups=groups)["accuracy"]
+                                                   for s in seeds])
         if index == 0 and args.grid and ckpt != "identity":
             save_image(most_detected(source, target, images), args.grid)
             print(f"saved {args.grid}")
