@@ -4,12 +4,12 @@
         [--transforms "as is,silhouette"] [--by-group] CKPT|identity [...]
 
 For each checkpoint (or `identity`, the untranslated sources), `travel eval`'s two-sample test (64 px, 300 steps)
-with classifier seeds 0, 1, 2, on: the images as they are; both sets in grey; both reduced to silhouettes (pixels
-darker than near-white in any channel); both blurred (5x5 box); both at 16 px; each image reduced to its mean
-colour; then with the halves cut between the dataset's split groups (travel.evaluate.pair_groups). A transform
-that leaves the accuracy where it was removes nothing the classifier needs. --by-group scores every transform with
-group halves too (silhouettes by group: does the shape carry over to drawings the classifier never saw?); --seeds
-sets how many classifier seeds (0, 1, ...; 3 by default), --transforms which transforms (all by default). --grid saves, for the first
+with classifier seeds 0 .. N-1 (--seeds N, 3 by default), on: the images as they are; both sets in grey; both
+reduced to silhouettes (pixels darker than near-white in any channel); both blurred (5x5 box); both at 16 px; each
+image reduced to its mean colour (--transforms picks some; all by default); then the images as they are with the
+halves cut between the dataset's split groups (travel.evaluate.pair_groups). A transform that leaves the accuracy
+where it was removes nothing the classifier needs. --by-group scores every chosen transform with group halves too
+(silhouettes by group: does the shape carry over to drawings the classifier never saw?). --grid saves, for the first
 checkpoint, the 16 translations the classifier finds most fake (cross-fitted over 3 pair splits), each over its
 source and its real target.
 """
