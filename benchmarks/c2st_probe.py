@@ -97,7 +97,9 @@ def main() -> None:
     groups = pair_groups(args.data, test_set)
     print(f"{source.shape[0]} pairs in {len(groups.unique())} groups; classifier seeds {list(seeds)}")
 
-    def report(ckpt: str, name: str, halves: str, accs: list[float]) -> None:
+    def report(ckpt: str, name: str, real: torch.Tensor, fake: torch.Tensor, by_group: bool) -> None:
+        halves = "group halves" if by_group else "image halves"
+        accs = [two_sample_accuracy(real, fake, seed=s, groups=groups if by_group else None)["accuracy"] for s in seeds]
         print(f"{ckpt:24s} {name:12s} {halves:13s} " + " ".join(f"{a:.3f}" for a in accs)
               + f"  mean {sum(accs) / len(accs):.3f}", flush=True)
 
@@ -105,14 +107,12 @@ def main() -> None:
         images = source if ckpt == "identity" else translate_all(
             Translator.from_pretrained(ckpt, device="cpu"), source, batch_size=8)
         for name in transforms:
-            fn = TRANSFORMS[name]
-            report(ckpt, name, "image halves", [two_sample_accuracy(fn(target), fn(images), seed=s)["accuracy"] for s in seeds])
+            real, fake = TRANSFORMS[name](target), TRANSFORMS[name](images)
+            report(ckpt, name, real, fake, by_group=False)
             if args.by_group:
-                report(ckpt, name, "group halves", [two_sample_accuracy(fn(target), fn(images), seed=s, groups=groups)["accuracy"]
-                                                    for s in seeds])
+                report(ckpt, name, real, fake, by_group=True)
         if not args.by_group:  # the images as they are, by group (as every report before --by-group had it)
-            report(ckpt, "as is", "group halves", [two_sample_accuracy(target, images, seed=s, groups=groups)["accuracy"]
-                                                   for s in seeds])
+            report(ckpt, "as is", target, images, by_group=True)
         if index == 0 and args.grid and ckpt != "identity":
             save_image(most_detected(source, target, images), args.grid)
             print(f"saved {args.grid}")
