@@ -11,7 +11,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, from_dict, to_dict
 from travel.errors import ConfigError
 from travel.models import (
-    Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple, warp,
+    AttentionContext, Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple, warp,
 )
 
 TINY_G = dict(base_channels=8, max_channels=16, norm_groups=4)
@@ -202,9 +202,9 @@ def test_cpu_attention_matches_scaled_dot_product_attention(with_context):
     v = attention.value(x).flatten(2).transpose(1, 2)
     if with_context:
         other = torch.randn(1, 16, 4, 7)
-        context = (attention.key(other).flatten(2).transpose(1, 2), attention.value(other).flatten(2).transpose(1, 2))
+        context = AttentionContext(attention.key(other).flatten(2).transpose(1, 2), attention.value(other).flatten(2).transpose(1, 2))
         attention.context = context
-        k, v = (t.expand(2, -1, -1) for t in context)
+        k, v = (t.expand(2, -1, -1) for t in context[:2])
     reference = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
     expected = x + 0.7 * reference.transpose(1, 2).reshape(x.shape)
     out = attention(x)
@@ -285,3 +285,46 @@ def test_rotation_logits_need_a_rotation_head():
     disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, **TINY_D))
     with pytest.raises(RuntimeError, match="rotation head"):
         disc.rotation_logits(torch.zeros(1, disc.feature_dim))
+
+
+def test_large_maps_attend_to_block_means_exactly_when_blocks_are_constant(monkeypatch):
+    """Above MAX_ATTENTION_CONTEXT positions, keys and values are s x s block means, edge blocks weighted by what they
+    cover: on a map whose features are constant within each block (edge blocks included) that is the full attention."""
+    import travel.models as models
+    from travel.models import attend, context_pooling
+
+    torch.manual_seed(0)
+    attention = SelfAttention(16)
+    with torch.no_grad():
+        attention.gate.fill_(1.0)
+    monkeypatch.setattr(models, "MAX_ATTENTION_CONTEXT", 30)
+    assert context_pooling(10, 11) == 2  # 5 x 6 = 30 blocks, the last column of blocks one position wide
+    blocks = torch.randn(1, 16, 5, 6)
+    x = blocks.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)[..., :10, :11]  # [1, 16, 10, 11]
+    q, k, v = (m(x).flatten(2).transpose(1, 2) for m in (attention.query, attention.key, attention.value))
+    full = x + attend(q, k, v).transpose(1, 2).reshape(x.shape)  # every one of the 110 positions
+    pooled = attention(x)
+    assert attention.keys_values(x).keys.shape[1] == 30
+    assert torch.allclose(pooled, full, atol=1e-5)
+    # Without the edge weights the one-wide blocks would count as much as full ones: a visible difference.
+    context = attention.keys_values(x)
+    unweighted = x + attend(q, context.keys, context.values).transpose(1, 2).reshape(x.shape)
+    assert (unweighted - full).abs().max() > 1e-3
+    # A map that fits is never pooled: maps of training size compute what they always did.
+    small = torch.randn(2, 16, 5, 6)
+    assert attention.keys_values(small).keys.shape[1] == 30 and attention.keys_values(small).bias is None
+
+
+def test_the_fused_cpu_path_computes_what_the_score_matrix_does(monkeypatch):
+    """Above EXPLICIT_ATTENTION_PAIRS the CPU runs SDPA's fused kernel on zero-padded queries and keys (bounded
+    memory); it computes the same attention up to float rounding (summation order differs, so a tolerance)."""
+    import travel.models as models
+    from travel.models import attend
+
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 300, 4), torch.randn(2, 200, 4), torch.randn(2, 200, 32)
+    bias = torch.log(torch.rand(200) * 0.9 + 0.1)
+    explicit = attend(q, k, v, bias)
+    monkeypatch.setattr(models, "EXPLICIT_ATTENTION_PAIRS", 0)
+    fused = attend(q, k, v, bias)
+    assert torch.allclose(fused, explicit, atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,8 +15,21 @@ from travel.config import DiscriminatorConfig, GeneratorConfig
 # Blocks: plain ints in, no configs.
 
 
+# Attention on large maps (docs/METHOD.md, "Attention on large images"). Training crops give every attention block at
+# most 32 x 32 positions; an ordinary photo gives the half-resolution block hundreds of times more, and the score
+# matrix grows with the square of that (17.5 GB for a 720 x 360 photo).
+MAX_ATTENTION_CONTEXT = 64 * 64  # keys per attention block; larger maps attend to block means (pooled keys/values)
+EXPLICIT_ATTENTION_PAIRS = 1024 * 1024  # query x key pairs up to which the CPU builds the score matrix itself
+
+
 class SelfAttention(nn.Module):
-    """SAGAN-style self-attention over all positions, with a residual gate that starts closed (0)."""
+    """SAGAN-style self-attention over all positions, with a residual gate that starts closed (0).
+
+    A map with more than MAX_ATTENTION_CONTEXT positions attends to the means of s x s blocks of its positions
+    (the smallest s that brings the count within the limit), each weighted by how many positions it covers, so a
+    map whose features are constant within each block gets exactly the full attention. Maps of training size are
+    never pooled.
+    """
 
     def __init__(self, channels: int, *, spectral: bool = False) -> None:
         super().__init__()
@@ -26,26 +41,67 @@ class SelfAttention(nn.Module):
         self.gate = nn.Parameter(torch.zeros(()))
         # Tiled translation (travel.inference) sets keys and values of the whole image here, so a tile attends
         # to the whole image as the untiled pass does. A plain attribute, never in a state dict; None in training.
-        self.context: tuple[torch.Tensor, torch.Tensor] | None = None  # keys [1, M, inner], values [1, M, C]
+        self.context: AttentionContext | None = None
+
+    def keys_values(self, x: torch.Tensor) -> "AttentionContext":
+        """Keys [N, M, inner], values [N, M, C] and a per-key log-weight ([M], or None when all weigh alike) of a
+        map x [N, C, h, w]: every position, or the means of s x s blocks when h * w > MAX_ATTENTION_CONTEXT."""
+        h, w = x.shape[-2:]
+        s = context_pooling(h, w)
+        bias = None
+        if s > 1:
+            # The 1 x 1 convolutions commute with the mean, so pooling x pools the keys and values. Edge blocks
+            # cover fewer positions; their log-share of a full block's s * s makes them weigh what they cover.
+            x = F.avg_pool2d(x, s, ceil_mode=True, count_include_pad=False)
+            if h % s or w % s:
+                ones = torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype)
+                bias = torch.log(F.avg_pool2d(ones, s, ceil_mode=True, divisor_override=1) / (s * s)).flatten()
+        return AttentionContext(self.key(x).flatten(2).transpose(1, 2), self.value(x).flatten(2).transpose(1, 2), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
-        if self.context is None:
-            k = self.key(x).flatten(2).transpose(1, 2)  # [N, HW, inner]
-            v = self.value(x).flatten(2).transpose(1, 2)  # [N, HW, C]
-        else:
-            k, v = (t.expand(n, -1, -1) for t in self.context)  # [N, M, inner], [N, M, C]
-        if x.device.type == "cpu":
-            # For these shapes (values wider than keys) the CPU SDPA takes its math path, which builds the same
-            # HW x M score matrix as this, only slower (a 256 px translation, 16 channels, NHWC: 83.5 -> 72.1 ms
-            # median; benchmarks/inference_ab.py, docs/BENCHMARKS.md).
-            weights = torch.softmax(torch.bmm(q * q.shape[-1] ** -0.5, k.transpose(1, 2)), dim=-1)  # [N, HW, M]
-            out = torch.bmm(weights, v)
-        else:
-            # On a GPU, SDPA picks a memory-efficient kernel, so large maps do not build an HW x M matrix.
-            out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        context = self.keys_values(x) if self.context is None else self.context
+        k, v = (t.expand(n, -1, -1) for t in (context.keys, context.values))  # [N, M, inner], [N, M, C]
+        out = attend(q, k, v, context.bias)  # [N, HW, C]
         return x + self.gate * out.transpose(1, 2).reshape(n, c, h, w)
+
+
+class AttentionContext(NamedTuple):
+    """What queries attend to: keys [N or 1, M, inner], values [N or 1, M, C], log-weights [M] or None."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+def context_pooling(height: int, width: int, limit: int | None = None) -> int:
+    """The block side s whose means an attention block over a height x width map attends to (1: every position)."""
+    limit = MAX_ATTENTION_CONTEXT if limit is None else limit
+    s = 1
+    while -(-height // s) * -(-width // s) > limit:
+        s += 1
+    return s
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v for q [N, L, d], k [N, M, d], v [N, M, C], bias [M] or None -> [N, L, C]."""
+    scale = q.shape[-1] ** -0.5
+    if q.device.type == "cpu" and q.shape[1] * k.shape[1] <= EXPLICIT_ATTENTION_PAIRS:
+        # Training-size maps: the score matrix is small, and for these shapes (values wider than keys) the CPU
+        # SDPA takes its math path, which builds the same matrix, only slower (a 256 px translation, 16 channels,
+        # NHWC: 83.5 -> 72.1 ms median; benchmarks/inference_ab.py, docs/BENCHMARKS.md).
+        scores = torch.bmm(q * scale, k.transpose(1, 2))  # [N, L, M]
+        weights = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+        return torch.bmm(weights, v)
+    mask = None if bias is None else bias.to(q.dtype).expand(1, 1, q.shape[1], -1)
+    if q.device.type == "cpu" and v.shape[-1] > q.shape[-1]:
+        # Zero-padded to the values' width, queries and keys reach the CPU's fused (flash) kernel, which never
+        # holds the L x M matrix: memory stays linear in L, and it is 3-5x faster than the matrix at 16k positions.
+        extra = v.shape[-1] - q.shape[-1]
+        q, k = F.pad(q, (0, extra)), F.pad(k, (0, extra))
+    # On a GPU, SDPA picks a memory-efficient kernel, so large maps do not build an L x M matrix either.
+    return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), attn_mask=mask, scale=scale).squeeze(1)
 
 
 class Norm2d(nn.Module):
