@@ -160,3 +160,21 @@ def test_half_precision_safetensors_copy_for_shipping(tmp_path):
         result = invoke("export", *args)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert result.stderr.splitlines() == [f"error: {result.stderr.splitlines()[0][7:]}"] and message in result.stderr
+
+
+def test_onnx_attends_to_every_position_where_travel_pools(plain, monkeypatch):
+    """The graph is captured at small sizes, so it attends to all positions: above MAX_ATTENTION_CONTEXT positions at
+    an attention level it computes the full attention (README, ONNX), not travel's pooled context."""
+    import travel.models as models
+
+    ckpt, path = plain
+    generator = load_weights(ckpt).build()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = torch.rand(1, 3, 288, 296, generator=torch.Generator().manual_seed(3)) * 2 - 1  # 72 x 74 at level 2
+    (translation,) = session.run(["translation"], {"source": source.numpy()})
+    with torch.no_grad():
+        pooled = generator(source).numpy()
+        monkeypatch.setattr(models, "MAX_ATTENTION_CONTEXT", 10**9)
+        full = generator(source).numpy()
+    assert np.abs(translation - full).max() < 1e-3
+    assert np.abs(pooled - full).max() > 1e-3  # pooling did change something here: the two are told apart

@@ -220,6 +220,7 @@ def test_weights_ship_in_the_wheel_and_are_found_from_another_folder(tmp_path):
     shutil.copytree(REPO / "travel", project / "travel", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "weights", project / "weights", ignore=shutil.ignore_patterns("__pycache__", "*.safetensors"))
     shutil.copytree(REPO / "apps", project / "apps", ignore=shutil.ignore_patterns("__pycache__"))  # travel.apps
+    shutil.copytree(REPO / "examples", project / "examples", ignore=shutil.ignore_patterns("__pycache__", "*.*.png"))
     save(random_generator(), project / "weights" / "packaged.safetensors")
     wheels = tmp_path / "wheels"
     build = subprocess.run(
@@ -233,20 +234,23 @@ def test_weights_ship_in_the_wheel_and_are_found_from_another_folder(tmp_path):
         archive.extractall(tmp_path / "site")
     assert "travel/weights/packaged.safetensors" in names and "travel/weights/__init__.py" in names
     assert "travel/apps/demo.py" in names and any(n.startswith("travel/apps/examples/") and n.endswith(".png") for n in names)
+    assert {"travel/examples/emoji/1f431.png", "travel/examples/glyphs/4e5d.png"} <= names  # the demo's first examples
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = (
         "import travel.inference as i, importlib.resources as r, pathlib;"
         "print(pathlib.Path(str(r.files('travel.weights'))).resolve());"
         "print(i.resolve_checkpoint('packaged').resolve());"
-        "print(i.Translator.from_pretrained('packaged', device='cpu').weights.target_domain)"
+        "print(i.Translator.from_pretrained('packaged', device='cpu').weights.target_domain);"
+        "import travel.apps.demo as d; print(sum(p.is_file() for p in (d.shipped_examples_dir() / n for n in d.SHIPPED_EXAMPLES)))"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "TRAVEL_RUNS": str(elsewhere / "runs")}
     found = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr[-2000:]
-    folder, path, target = found.stdout.split()
+    folder, path, target, examples = found.stdout.split()
     installed = (tmp_path / "site" / "travel" / "weights").resolve()
     assert Path(folder) == installed and Path(path) == installed / "packaged.safetensors" and target == "blue"
+    assert examples == "4"  # the demo finds every shipped example from the installed package
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,16 +359,21 @@ def test_tiled_uint8_and_odd_sizes(ckpt):
         assert getattr(module, "fixed_stats", None) is None and getattr(module, "context", None) is None
 
 
-def test_tiling_turns_on_above_the_pixel_budget(ckpt, monkeypatch):
+def test_tiling_turns_on_when_one_pass_would_not_fit_the_memory_budget(ckpt, monkeypatch):
     translator = Translator.from_pretrained(ckpt, device="cpu")
     calls = []
     original = translator.translate_tiled
     monkeypatch.setattr(translator, "translate_tiled", lambda *a, **k: calls.append(k) or original(*a, **k))
-    image = Image.effect_noise((60, 40), 50).convert("RGB")
-    assert translator(image, tile_above=2000).size == (60, 40)
-    assert len(calls) == 1 and calls[0]["stats_pixels"] == 2000
-    translator(image)  # well under the default budget
-    translator(image, tile=0, tile_above=100)  # tile=0: never
+    image = Image.effect_noise((200, 150), 50).convert("RGB")
+    whole = translator.plan(200, 150)
+    assert not whole.tiled  # the default budget takes it in one pass
+    budget = whole.needed - 1  # one byte short of that
+    plan = translator.plan(200, 150, memory_budget=budget)
+    assert plan.tiled and plan.needed <= budget and 0 < plan.stats_pixels < 200 * 150
+    assert translator(image, memory_budget=budget).size == (200, 150)
+    assert len(calls) == 1 and calls[0]["tile"] == plan.tile and calls[0]["stats_pixels"] == plan.stats_pixels
+    translator(image)  # within the default budget: one pass
+    translator(image, tile=0, memory_budget=whole.needed)  # tile=0: one pass only
     assert len(calls) == 1
 
 

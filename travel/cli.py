@@ -233,9 +233,13 @@ def translate(
     style: Optional[str] = typer.Option(
         None, "--style", help="Self-conditioned models: a style (cluster id), or 'all' for one output per style (PHOTO.CKPT.styleK.png)."
     ),
-    tile: Optional[int] = typer.Option(None, "--tile", help="Translate in overlapping tiles of this side (default: 512 above --tile-above pixels; 0: never)."),
+    tile: Optional[int] = typer.Option(
+        None, "--tile", help="Tile side in pixels (default: one pass if it fits --memory-budget, else the largest tiles that do; 0: one pass only)."
+    ),
     overlap: int = typer.Option(64, "--overlap", help="Pixels shared by neighbouring tiles, blended without seams."),
-    tile_above: int = typer.Option(1024 * 1024, "--tile-above", help="Pixel budget of one forward pass; larger images are tiled."),
+    memory_budget: str = typer.Option(
+        "2G", "--memory-budget", help="Memory one translation may use (e.g. 2G, 512M): decides one pass or tiles; images that cannot fit are refused."
+    ),
     max_pixels: int = typer.Option(100_000_000, "--max-pixels", help="Refuse images with more pixels (decompression bombs)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images of one size translated together."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
@@ -245,11 +249,16 @@ def translate(
     from travel.errors import ConfigError
 
     for flag, value, least in (
-        ("--size", size, 1), ("--tile", tile, 0), ("--overlap", overlap, 0), ("--tile-above", tile_above, 1),
-        ("--max-pixels", max_pixels, 1), ("--batch-size", batch_size, 1),
+        ("--size", size, 1), ("--tile", tile, 0), ("--overlap", overlap, 0), ("--max-pixels", max_pixels, 1),
+        ("--batch-size", batch_size, 1),
     ):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    from travel.memory import parse_size
+
+    budget = parse_size(memory_budget)
+    if budget < 1:
+        raise ConfigError(f"--memory-budget must be > 0, got {memory_budget!r}")
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
 
@@ -257,7 +266,7 @@ def translate(
 
     from travel.inference import Translator, check_tiling
 
-    translator = Translator.from_pretrained(ckpt, device=device)
+    translator = Translator.from_pretrained(ckpt, device=device, memory_budget=budget)
     if style == "all":
         if not translator.num_styles:
             raise ConfigError(f"--style all: {translator.name} is not a self-conditioned model (it has one style)")
@@ -280,7 +289,7 @@ def translate(
         jobs, failures = _plan_translation(inputs, out=out, name=name, skip=translator.name)
         if not jobs and not failures:
             raise ConfigError("no images found in the given inputs")
-        settings = dict(size=size, style=chosen, tile=tile, overlap=overlap, tile_above=tile_above, max_pixels=max_pixels)
+        settings = dict(size=size, style=chosen, tile=tile, overlap=overlap, max_pixels=max_pixels)
         total = len(jobs) + len(failures)
         written += _translate_jobs(translator, jobs, failures, settings=settings, batch_size=batch_size, quiet=quiet)
     if failures:
@@ -380,12 +389,18 @@ def _translate_jobs(
                     bar.advance(task)
             try:
                 results = translator.translate_batch([image for _, _, image in chunk], batch_size=batch_size, **settings)
-            except (TravelError, RuntimeError):
+            except (TravelError, RuntimeError, MemoryError):
                 results = []
                 for source, _, image in chunk:  # find which image it was, and keep the others
                     try:
                         results.append(translator(image, **settings))
-                    except (TravelError, RuntimeError) as exc:
+                    except TravelError as exc:  # refused by the memory rule, or an out-of-memory in the pass
+                        results.append(None)
+                        failed(source, str(exc))
+                    except MemoryError:  # outside the translation itself (decoding, writing): still one line
+                        results.append(None)
+                        failed(source, "out of memory; lower --memory-budget or --size")
+                    except RuntimeError as exc:
                         results.append(None)
                         failed(source, f"translation failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
             for (source, target, _), result in zip(chunk, results):
@@ -807,6 +822,7 @@ def demo(
     max_file_size_mb: float = typer.Option(20.0, "--max-file-size-mb", help="Refuse larger uploads (megabytes)."),
     max_pixels: int = typer.Option(25_000_000, "--max-pixels", help="Refuse images with more pixels."),
     concurrency: int = typer.Option(2, "--concurrency", help="Translations at once; further requests queue."),
+    memory_budget: str = typer.Option("2G", "--memory-budget", help="Memory one translation may use (e.g. 2G): one pass, else tiles; larger images are refused."),
     open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in a web browser."),
 ) -> None:
     """Start the web demo (Gradio) at http://HOST:PORT: upload images and translate them in the browser. Ctrl-C stops it."""
@@ -816,8 +832,10 @@ def demo(
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     if max_file_size_mb <= 0:
         raise ConfigError(f"--max-file-size-mb must be > 0, got {max_file_size_mb:g}")
+    from travel.memory import parse_size
+
     _demo_module().serve(
-        checkpoints=ckpt, host=host, port=port, share=share, device=device, max_file_size=round(max_file_size_mb * 2**20),
+        memory_budget=parse_size(memory_budget), checkpoints=ckpt, host=host, port=port, share=share, device=device, max_file_size=round(max_file_size_mb * 2**20),
         max_pixels=max_pixels, concurrency=concurrency, open_browser=open_browser,
     )
 

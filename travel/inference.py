@@ -18,12 +18,13 @@ from PIL import Image
 from travel.checkpoint import Weights, load_weights, read_metadata
 from travel.data import DEFAULT_MAX_PIXELS, image_from_pil, image_to_tensor, resize_shorter, tensor_to_image
 from travel.errors import CheckpointError, ConfigError
+from travel.memory import (
+    DEFAULT_MEMORY_BUDGET, DEFAULT_OVERLAP, MemoryBudgetError, Plan, format_bytes, forward_bytes, image_bytes, plan_translation,
+)
 from travel.models import Generator, Norm2d, SelfAttention
 from travel.runtime import resolve_device
 
-DEFAULT_TILE = 512  # tile side, in pixels, when an image is translated in tiles
-DEFAULT_OVERLAP = 64  # pixels shared by neighbouring tiles, blended with a cosine ramp
-DEFAULT_TILE_ABOVE = 1024 * 1024  # images with more pixels than this are tiled (and this bounds one forward pass)
+DEFAULT_TILE = 512  # translate_tiled's tile side when none is given (plans choose their own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,23 +156,38 @@ def run_generator(generator: Generator, source: torch.Tensor, style: torch.Tenso
 class Translator:
     """A trained translator: `translator(image)` returns the translated PIL image at the input's size.
 
-    Images above `tile_above` pixels are translated in overlapping tiles that share the whole image's
-    normalisation statistics and are blended with a cosine window, so memory stays bounded and tiles
-    leave no seams.
+    Every image is planned by travel.memory's one rule: one pass when its estimated peak fits `memory_budget`
+    bytes, else overlapping tiles that share the whole image's normalisation statistics and attention keys and
+    are blended with a cosine window, so memory stays within the budget and tiles leave no seams. An image that
+    cannot fit even in tiles is refused (MemoryBudgetError) before any work.
     """
 
-    def __init__(self, weights: Weights, *, device: str | torch.device = "auto", name: str = "") -> None:
+    def __init__(
+        self, weights: Weights, *, device: str | torch.device = "auto", name: str = "", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
+        if memory_budget < 1:
+            raise ConfigError(f"memory_budget must be > 0 bytes, got {memory_budget}")
         self.weights = weights
         self.name = name
+        self.memory_budget = memory_budget
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.generator: Generator = inference_layout(weights.build().to(self.device))
         self._lock = threading.Lock()  # tiling hands shared statistics to the blocks; one translation at a time
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, device: str | torch.device = "auto") -> "Translator":
+    def from_pretrained(
+        cls, name_or_path: str | Path, *, device: str | torch.device = "auto", memory_budget: int = DEFAULT_MEMORY_BUDGET
+    ) -> "Translator":
         """Load by name (runs/ then shipped weights), by .safetensors path, or by run folder."""
         path = resolve_checkpoint(name_or_path)
-        return cls(load_weights(path), device=device, name=path.stem)
+        return cls(load_weights(path), device=device, name=path.stem, memory_budget=memory_budget)
+
+    def plan(
+        self, width: int, height: int, *, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, memory_budget: int | None = None
+    ) -> Plan:
+        """How an image of width x height is translated within the budget (travel.memory.plan_translation)."""
+        budget = self.memory_budget if memory_budget is None else memory_budget
+        return plan_translation(self.generator.cfg, height, width, budget=budget, tile=tile, overlap=overlap)
 
     @property
     def multiple(self) -> int:
@@ -188,6 +204,23 @@ class Translator:
 
     def _forward(self, source: torch.Tensor, style: int | None) -> torch.Tensor:
         return run_generator(self.generator, source.to(self.device, torch.float32), self.style_ids(style, source.shape[0]))
+
+    @contextmanager
+    def _out_of_memory_is_an_error(self, plan: Plan, count: int = 1) -> Iterator[None]:
+        """The allocator's failure as one line: this machine had less free memory than the budget promised."""
+        try:
+            yield
+        except (MemoryError, RuntimeError) as exc:  # torch's CPU and CUDA allocators raise RuntimeError subclasses
+            text = str(exc).lower()
+            if not isinstance(exc, MemoryError) and "alloc" not in text and "out of memory" not in text:
+                raise
+            images = f"{count} images of " if count > 1 else ""
+            how = f"in {plan.tile} px tiles" if plan.tiled else "in one pass"
+            raise MemoryBudgetError(
+                f"out of memory translating {images}{plan.width} x {plan.height} {how} (planned for about "
+                f"{format_bytes(plan.needed * count if not plan.tiled else plan.needed)} within the "
+                f"{format_bytes(plan.budget)} budget): this machine has less free; lower --memory-budget"
+            ) from None
 
     @property
     def num_styles(self) -> int:
@@ -223,19 +256,22 @@ class Translator:
         tile: int = DEFAULT_TILE,
         overlap: int = DEFAULT_OVERLAP,
         style: int | None = None,
-        stats_pixels: int = DEFAULT_TILE_ABOVE,
-        tile_batch: int = 4,
+        stats_pixels: int | None = None,
+        tile_batch: int = 1,
     ) -> torch.Tensor:
         """One image [3, H, W] (uint8 0..255, or float in [-1, 1]) -> its translation, same dtype and size.
 
         Tiles share what the untiled pass computes over the whole image: each Norm2d's statistics and each
         attention block's keys and values. They are gathered in one pass over the whole image, downscaled to
-        at most `stats_pixels` (exact when it fits). Overlapping tiles are blended with a cosine ramp.
+        at most `stats_pixels` (default: what the memory budget leaves; exact when the whole image fits).
+        Overlapping tiles are blended with a cosine ramp.
         """
         if source.ndim != 3 or source.shape[0] != 3:
             raise ValueError(f"expected one image [3, H, W], got {tuple(source.shape)}")
         tile, overlap = check_tiling(tile, overlap, self.multiple)
         height, width = source.shape[-2:]
+        if stats_pixels is None:
+            stats_pixels = self.plan(width, height, tile=tile, overlap=overlap).stats_pixels or height * width
         layout = TileLayout.build(height, width, tile=tile, overlap=overlap, multiple=self.multiple)
         with self._lock:
             shared = _SharedContext(self.generator)
@@ -306,11 +342,11 @@ class Translator:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         tile: int | None = None,
         overlap: int = DEFAULT_OVERLAP,
-        tile_above: int = DEFAULT_TILE_ABOVE,
+        memory_budget: int | None = None,
     ) -> Image.Image:
-        """Translate one PIL image. tile=None: tiles of DEFAULT_TILE above `tile_above` pixels; 0: never tile."""
+        """Translate one PIL image. tile=None: as the memory budget allows (one pass, else tiles); 0: one pass only."""
         return self.translate_batch(
-            [image], size=size, style=style, max_pixels=max_pixels, tile=tile, overlap=overlap, tile_above=tile_above
+            [image], size=size, style=style, max_pixels=max_pixels, tile=tile, overlap=overlap, memory_budget=memory_budget
         )[0]
 
     def translate_batch(
@@ -322,45 +358,47 @@ class Translator:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         tile: int | None = None,
         overlap: int = DEFAULT_OVERLAP,
-        tile_above: int = DEFAULT_TILE_ABOVE,
+        memory_budget: int | None = None,
         batch_size: int = 8,
     ) -> list[Image.Image]:
-        """Translate a list of PIL images; images of one size share a forward pass (at most `tile_above` pixels)."""
+        """Translate a list of PIL images; images of one size share a forward pass, as many as the budget allows.
+
+        Every image is planned before any is translated, so one that cannot fit the budget is refused
+        (MemoryBudgetError) before work is spent on the others.
+        """
+        budget = self.memory_budget if memory_budget is None else memory_budget
         prepared = [self.prepare(image, size=size, max_pixels=max_pixels) for image in images]
+        plans = [self.plan(*image.size, tile=tile, overlap=overlap, memory_budget=budget) for image in prepared]
         results: list[Image.Image | None] = [None] * len(prepared)
         whole: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(prepared):
-            width, height = image.size
-            tile_side, tile_overlap = self._tiling_for(width, height, tile=tile, overlap=overlap, tile_above=tile_above)
-            if tile_side:
-                pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # [3, H, W] uint8
-                translated = self.translate_tiled(
-                    pixels, tile=tile_side, overlap=tile_overlap, style=style, stats_pixels=tile_above,
-                    tile_batch=max(1, tile_above // tile_side**2),
-                )
-                results[i] = Image.fromarray(translated.permute(1, 2, 0).numpy(), mode="RGB")
+        for i, (image, plan) in enumerate(zip(prepared, plans)):
+            if plan.tiled:
+                with self._out_of_memory_is_an_error(plan):
+                    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # [3, H, W] uint8
+                    translated = self.translate_tiled(
+                        pixels, tile=plan.tile, overlap=plan.overlap, style=style, stats_pixels=plan.stats_pixels
+                    )
+                    del pixels
+                    results[i] = Image.fromarray(translated.permute(1, 2, 0).numpy(), mode="RGB")
             else:
                 whole.setdefault(image.size, []).append(i)
         for (width, height), indices in whole.items():
-            per_pass = max(1, min(batch_size, tile_above // max(1, width * height)))
+            per_pass = self._images_per_pass(width, height, min(batch_size, len(indices)), budget)
             for start in range(0, len(indices), per_pass):
                 chunk = indices[start:start + per_pass]
-                batch = torch.stack([image_to_tensor(prepared[i]) for i in chunk])  # [n, 3, H, W]
-                for i, translated in zip(chunk, self.translate_tensor(batch, style=style)):
-                    results[i] = tensor_to_image(translated)
+                with self._out_of_memory_is_an_error(plans[chunk[0]], len(chunk)):
+                    batch = torch.stack([image_to_tensor(prepared[i]) for i in chunk])  # [n, 3, H, W]
+                    for i, translated in zip(chunk, self.translate_tensor(batch, style=style)):
+                        results[i] = tensor_to_image(translated)
         return [r for r in results if r is not None]
 
-    def _tiling_for(self, width: int, height: int, *, tile: int | None, overlap: int, tile_above: int) -> tuple[int, int]:
-        """(tile side, overlap) for an image, or (0, 0) to translate it in one pass."""
-        if tile == 0:
-            return 0, 0
-        if tile is not None:
-            return (tile, overlap) if max(width, height) > tile else (0, 0)
-        if width * height <= tile_above:
-            return 0, 0
-        # Chosen for the user: a tile within the pixel budget, and an overlap that fits it.
-        side = math.ceil(min(DEFAULT_TILE, max(math.isqrt(tile_above), 4 * self.multiple)) / self.multiple) * self.multiple
-        return side, min(overlap, side // 2, side - 2 * self.multiple - 1)
+    def _images_per_pass(self, width: int, height: int, most: int, budget: int) -> int:
+        """How many images of one size a forward pass takes within the budget (at least 1: each fits alone)."""
+        cfg = self.generator.cfg
+        count = max(1, most)
+        while count > 1 and forward_bytes(cfg, height, width, count) + count * image_bytes(height, width) > budget:
+            count -= 1
+        return count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,8 +462,7 @@ class _SharedContext:
 
     @staticmethod
     def _attention_hook(attn: SelfAttention, args: tuple) -> None:
-        x = args[0]  # [1, C, h, w]
-        attn.context = (attn.key(x).flatten(2).transpose(1, 2), attn.value(x).flatten(2).transpose(1, 2))
+        attn.context = attn.keys_values(args[0])  # of [1, C, h, w]: pooled as the untiled pass pools them
 
     def clear(self) -> None:
         for norm in self.norms:
