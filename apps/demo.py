@@ -26,6 +26,7 @@ from travel import DEFAULT_CHECKPOINT  # the shipped checkpoint the page opens w
 from travel.data import load_image
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.inference import CheckpointInfo, Translator, list_checkpoints, resolve_checkpoint, runs_dir, shipped_weights_dir
+from travel.memory import DEFAULT_MEMORY_BUDGET
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless --host says otherwise
 DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes per upload; larger files are refused before they are stored
@@ -39,13 +40,28 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # The shipped models' own held-out examples (the repository's examples/, Twemoji and AR PL UMing; licences in
 # examples/README.md), offered first so the page shows what each model does at a glance; then our CC0 drawings.
 SHIPPED_EXAMPLES = ("emoji/1f431.png", "emoji/1f437.png", "glyphs/4e5d.png", "glyphs/4fdd.png")
-SHIPPED_EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 
-RESOLUTIONS = {  # value (what API clients send) -> label shown in the page
+
+def shipped_examples_dir() -> Path:
+    """The repository's examples/: package data `travel.examples` once installed (any install), else the checkout's."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("travel.examples")))
+        if folder.is_dir():
+            return folder
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[1] / "examples"
+
+
+
+RESOLUTIONS = {  # value (what API clients send) -> label shown in the page; the first is the default
+    "full": "the size of my image (tiled when large)",
     "model": "the model's training size",
     "custom": "a size of my choice",
-    "full": "full resolution (tiled when large)",
 }
+DEFAULT_RESOLUTION = "full"  # as `travel translate`: the output has the upload's size, within the memory rule
 
 ORIGINS = {"runs": "your runs", "shipped": "shipped with travel", "given": "given to the demo"}  # CheckpointInfo.origin, in words
 
@@ -108,9 +124,12 @@ def _expand(item: str | Path) -> list[Path]:
 class ModelCache:
     """Translators by checkpoint file, loaded once and shared by all requests; the least recently used is dropped."""
 
-    def __init__(self, *, device: str = "auto", size: int = DEFAULT_CACHED_MODELS) -> None:
+    def __init__(
+        self, *, device: str = "auto", size: int = DEFAULT_CACHED_MODELS, memory_budget: int = DEFAULT_MEMORY_BUDGET
+    ) -> None:
         self.device = device
         self.size = max(1, size)
+        self.memory_budget = memory_budget  # per translation: one pass or tiles, by travel.memory's rule
         self._models: OrderedDict[tuple[Path, int], Translator] = OrderedDict()
         self._lock = threading.Lock()  # two requests for a model not loaded yet load it once
 
@@ -123,7 +142,7 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            translator = Translator.from_pretrained(path, device=self.device)
+            translator = Translator.from_pretrained(path, device=self.device, memory_budget=self.memory_budget)
             self._models[key] = translator
             while len(self._models) > self.size:
                 self._models.popitem(last=False)
@@ -271,9 +290,9 @@ class DemoState:
         default_style = max(range(styles), key=lambda k: float(shares[k])) if styles else None
         size = translator.weights.image_size
         resolution_choices = [
+            (RESOLUTIONS["full"], "full"),
             (RESOLUTIONS["model"] + (f" ({size} px)" if size else ""), "model"),
             (RESOLUTIONS["custom"], "custom"),
-            (RESOLUTIONS["full"], "full"),
         ]
         return (
             model_card(key or "", info, translator),
@@ -338,7 +357,7 @@ class DemoState:
 
     def _size(self, resolution: str | None, size: Any, translator: Translator) -> int | None:
         """The shorter side to translate at, or None for the upload's own resolution."""
-        resolution = resolution or "model"
+        resolution = resolution or DEFAULT_RESOLUTION
         if resolution not in RESOLUTIONS:
             raise ConfigError(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         if resolution == "full":
@@ -363,6 +382,11 @@ class DemoState:
         path = Path(tempfile.mkdtemp(dir=root)) / filename
         image.save(path, format="PNG")
         return path
+
+
+def _cleared() -> tuple[Any, Any, str]:
+    """What the result column shows while a translation runs: nothing of the previous one."""
+    return None, gr.update(value=None, visible=False), ""
 
 
 def _page_error(message: str) -> gr.Error:
@@ -412,6 +436,7 @@ def build_app(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     cached_models: int = DEFAULT_CACHED_MODELS,
     examples: Sequence[str | Path] | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> gr.Blocks:
     """The demo's page, with its default checkpoint already loaded. Start it with `launch(app)`.
 
@@ -419,21 +444,24 @@ def build_app(
         ($TRAVEL_RUNS) and the shipped weights; the first is opened first (default: DEFAULT_CHECKPOINT if found).
     max_pixels, max_file_size: uploads above these are refused with a message in the page.
     concurrency: translations running at once; up to `queue_size` more requests wait their turn.
+    memory_budget: bytes one translation may use (travel.memory: one pass, else tiles; larger images refused), so
+        the demo needs at most about `concurrency` times this for translations.
     examples: images offered as examples (default: the shipped models' held-out examples, SHIPPED_EXAMPLES, where
         the repository has them, then the bundled apps/examples/*.png).
     """
     for name, value in (("max_pixels", max_pixels), ("max_file_size", max_file_size), ("concurrency", concurrency),
-                        ("queue_size", queue_size), ("cached_models", cached_models)):
+                        ("queue_size", queue_size), ("cached_models", cached_models), ("memory_budget", memory_budget)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     catalog, notes = find_checkpoints(checkpoints)
     state = DemoState(
         catalog=catalog, notes=notes, default=default_checkpoint(catalog, given=bool(checkpoints)),
-        cache=ModelCache(device=device, size=cached_models), max_pixels=max_pixels, max_file_size=max_file_size,
+        cache=ModelCache(device=device, size=cached_models, memory_budget=memory_budget), max_pixels=max_pixels,
+        max_file_size=max_file_size,
     )
     opening = _opening(state)
     if examples is None:
-        examples = [p for p in (SHIPPED_EXAMPLES_DIR / name for name in SHIPPED_EXAMPLES) if p.is_file()]
+        examples = [p for p in (shipped_examples_dir() / name for name in SHIPPED_EXAMPLES) if p.is_file()]
         examples += sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
 
     # delete_cache: Gradio's copies of uploads and results older than an hour are removed, hourly.
@@ -460,7 +488,7 @@ def build_app(
                     elem_id="checkpoint",
                 )
                 resolution = gr.Radio(
-                    choices=opening["resolutions"], value="model", label="Translate at", elem_id="resolution",
+                    choices=opening["resolutions"], value=DEFAULT_RESOLUTION, label="Translate at", elem_id="resolution",
                 )
                 size = gr.Slider(
                     minimum=CUSTOM_SIZES[0], maximum=CUSTOM_SIZES[1], step=16, value=256, label="Shorter side (pixels)",
@@ -483,7 +511,10 @@ def build_app(
         checkpoint.change(state.select, inputs=checkpoint, outputs=[card, style, resolution], api_name="model_card")
         # preprocess=False: the handler gets the uploaded file's path and decodes it with the package's own
         # loader, so a damaged file gets the package's one-line reason in the page instead of Gradio's error.
+        # The previous result goes first, so an error (one line, in a box) never sits above another image's result.
         button.click(
+            _cleared, outputs=[result, download, status], api_visibility="private", queue=False,
+        ).then(
             state.translate, inputs=[upload, checkpoint, resolution, size, style], outputs=[result, download, status],
             api_name="translate", preprocess=False,
         ).success(lambda: gr.update(visible=True), outputs=download, api_visibility="private", queue=False)
@@ -529,11 +560,18 @@ def launch(
     stop it with `app.close()`. Without `app`, builds one from `build_options` (see build_app)."""
     app = app if app is not None else build_app(**build_options)
     state: DemoState = app.travel_demo  # type: ignore[attr-defined]
+    # Gradio's own start-up lines are silenced: they tell a user of `travel demo` to edit a launch() call it never
+    # sees. These name the flag instead.
     app.launch(
-        server_name=host, server_port=port, share=share, inbrowser=open_browser, prevent_thread_lock=not block,
-        max_file_size=state.max_file_size, quiet=quiet, ssr_mode=False, mcp_server=False, show_error=False,
+        server_name=host, server_port=port, share=share, inbrowser=open_browser, prevent_thread_lock=True,
+        max_file_size=state.max_file_size, quiet=True, ssr_mode=False, mcp_server=False, show_error=False,
         footer_links=["api"],
     )
+    if not quiet:
+        print(f"travel demo: serving on {app.local_url}" + (f" and {app.share_url}" if share and app.share_url else ""))
+        print("Ctrl-C stops it." + ("" if share else " For a public link too, start it with --share."), flush=True)
+    if block:
+        app.block_thread()
     return app
 
 
@@ -553,10 +591,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-file-size-mb", type=float, default=DEFAULT_MAX_FILE_SIZE / 2**20, help="Refuse larger uploads.")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="Refuse images with more pixels.")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="Translations at once; others queue.")
+    parser.add_argument("--memory-budget", default="2G", help="Memory one translation may use (e.g. 2G): one pass or tiles.")
     parser.add_argument("--open", action="store_true", help="Open the page in a web browser.")
     args = parser.parse_args(argv)
     try:
+        from travel.memory import parse_size
+
         serve(
+            memory_budget=parse_size(args.memory_budget),
             checkpoints=args.ckpt, host=args.host, port=args.port, share=args.share, device=args.device,
             max_file_size=round(args.max_file_size_mb * 2**20), max_pixels=args.max_pixels, concurrency=args.concurrency,
             open_browser=args.open,

@@ -141,6 +141,32 @@ def test_travel_demo_with_a_missing_checkpoint_is_one_error_line(tmp_path):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_the_page_translates_at_the_uploads_size_and_refuses_what_the_memory_rule_cannot_fit(tmp_path):
+    """By default the page keeps the upload's size (as `travel translate` does), within the same memory rule: a
+    budget too small for even tiles is one readable line, not the allocator's message."""
+    import gradio as gr
+
+    demo = _demo_module()
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny" / "tiny.safetensors")
+    catalog, _ = demo.find_checkpoints([ckpt])
+    state = demo.DemoState(
+        catalog=catalog, default="tiny", cache=demo.ModelCache(device="cpu"), max_pixels=MAX_PIXELS, max_file_size=MAX_FILE_SIZE,
+    )
+    picture(60, 40).save(tmp_path / "photo.png")
+    upload = {"path": str(tmp_path / "photo.png"), "orig_name": "photo.png"}
+    (before, after), _, status = state.translate(upload, "tiny", None, 0, None)  # the page's default resolution
+    assert before.size == after.size == (60, 40) and "60 × 40" in status
+
+    small = demo.DemoState(
+        catalog=catalog, default="tiny", cache=demo.ModelCache(device="cpu", memory_budget=2**16), max_pixels=MAX_PIXELS,
+        max_file_size=MAX_FILE_SIZE,
+    )
+    with pytest.raises(gr.Error) as refused:
+        small.translate(upload, "tiny", "full", 0, None)
+    assert "60 x 40 is too large for the memory budget of 64 KiB even in tiles" in refused.value.message
+    assert "\n" not in refused.value.message
+
+
 # ---------------------------------------------------------------------------------------------
 # The running app, through gradio_client: the same requests the page sends.
 

@@ -15,7 +15,6 @@ from PIL import Image
 from travel.checkpoint import save_weights
 from travel.cli import _demo_module
 from travel.config import GeneratorConfig
-from travel.data import resize_shorter
 from travel.models import Generator
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; CI installs it (.ci/run). Playwright's own download is never used.
@@ -25,7 +24,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"  # screenshots, kept after the run (git-ignored)
 MAX_FILE_SIZE = 64 * 1024  # the test app's upload limit, bytes
-IMAGE_SIZE = 32  # the tiny checkpoint's training size, which the page translates at by default
+IMAGE_SIZE = 32  # the tiny checkpoint's training size (the page translates at the upload's own size by default)
 TIMEOUT_MS = 30_000  # any one wait in the page
 
 pytestmark = [
@@ -149,11 +148,10 @@ def test_upload_translate_and_download(page, tmp_path):
     page.locator("#source-image img").wait_for()
     before, after, status = translate_in_page(page)
 
-    expected = resize_shorter(source, IMAGE_SIZE)  # the default: the model's training size, 60 x 40 -> 48 x 32
-    assert before.size == after.size == expected.size == (48, 32)
-    assert np.array_equal(np.asarray(before), np.asarray(expected))
+    assert before.size == after.size == (60, 40)  # the default: the upload's own size, as `travel translate` keeps it
+    assert np.array_equal(np.asarray(before), np.asarray(source))
     assert np.abs(np.asarray(after, dtype=np.float32) - np.asarray(before, dtype=np.float32)).mean() > 5
-    assert "photo.png" in status and "48 × 32" in status
+    assert "photo.png" in status and "60 × 40" in status
 
     with page.expect_download() as download_info:
         page.click("#download")
@@ -170,7 +168,7 @@ def test_a_bundled_example_translates(page, example):
     page.locator(f"#examples img[src*='{example}']").click()
     page.locator("#source-image img").wait_for()
     before, after, status = translate_in_page(page)
-    assert before.size == after.size == (IMAGE_SIZE, IMAGE_SIZE)  # the 128 x 128 example at the training size
+    assert before.size == after.size == (128, 128)  # the 128 x 128 example at its own size
     assert example in status
 
 
@@ -186,15 +184,26 @@ def test_choosing_a_self_conditioned_checkpoint_offers_its_styles(page, tmp_path
     page.set_input_files("#source-image input[type=file]", str(tmp_path / "photo.png"))
     page.locator("#source-image img").wait_for()
     _, after, status = translate_in_page(page)
-    assert after.size == (IMAGE_SIZE, IMAGE_SIZE) and "with styled, style 1" in status
+    assert after.size == (40, 40) and "with styled, style 1" in status
     screenshot(page, "demo-styles.png")
 
 
-def test_a_corrupt_file_shows_an_error_in_the_page(page, tmp_path):
+def test_a_corrupt_file_shows_an_error_in_the_page_in_place_of_the_last_result(page, tmp_path):
+    picture(40, 40).save(tmp_path / "photo.png")
+    page.set_input_files("#source-image input[type=file]", str(tmp_path / "photo.png"))
+    page.locator("#source-image img").wait_for()
+    translate_in_page(page)  # a first, good result on the page
+
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     page.set_input_files("#source-image input[type=file]", str(tmp_path / "broken.png"))
     page.click("#translate")
-    assert "broken.png: not an image file Pillow can read" in wait_for_error(page, "broken.png")
+    message = wait_for_error(page, "broken.png")
+    title, close, *reason = message.strip().splitlines()  # the toast: its title, its close button, the message
+    assert (title, close) == ("Error", "×") and reason == ["broken.png: not an image file Pillow can read"]
+    # The previous translation, its caption and its download are gone: the error is not shown above another's result.
+    assert page.locator("#result img").count() == 0
+    assert "Translated" not in page.locator("#status").inner_text()
+    assert not page.locator("#download").is_visible()
     screenshot(page, "demo-corrupt-file.png")
 
 
