@@ -1,4 +1,4 @@
-"""Loss functions against values computed by hand (DESIGN.md sections 1 and 3)."""
+"""Loss functions against values computed by hand (docs/METHOD.md, "Losses" and "Self-conditioning")."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def test_per_patch_anchor_losses_by_hand():
     assert anchor_d_loss(real, fake, anchors, margin=1.0, weights=weights)["d_real"].item() == pytest.approx((0.25 + 1) / 2)
     # The pooled vector for the TraVeL loss: the weighted mean of the patches.
     assert torch.allclose(pooled_embedding(real, weights), torch.tensor([[0.75, 1.25], [0.5, 0.5]]))
-    # vec_len = 1 and one patch: least squares on reals, hinge on fakes (DESIGN.md's check).
+    # vec_len = 1 and one patch: least squares on reals, hinge on fakes (docs/METHOD.md's check).
     one = anchor_d_loss(torch.tensor([[[2.0]]]), torch.tensor([[[0.5]]]), torch.zeros(1), margin=1.0, weights=torch.ones(1))
     assert one["d_real"].item() == pytest.approx(4.0) and one["d_fake"].item() == pytest.approx(0.75)
 

@@ -47,7 +47,7 @@ def test_fit_writes_metrics_weights_with_metadata_and_a_safe_state(tiny_config, 
     # config.json holds the whole run config, so `fit --resume` needs no flags.
     assert from_dict(FitConfig, json.loads((run / "config.json").read_text())) == tiny_config
 
-    # Release weights (DESIGN.md section 6): format, versions, model config, domains, size, summary.
+    # Release weights (docs/METHOD.md, "Files and formats"): format, versions, model config, domains, size, summary.
     with safe_open(str(run / "tiny.safetensors"), framework="pt") as handle:
         metadata = handle.metadata()
         names = set(handle.keys())

@@ -1,4 +1,4 @@
-"""Differentiable augmentation of what the discriminator judges (DESIGN.md section 4), built on kornia."""
+"""Differentiable augmentation of what the discriminator judges (docs/METHOD.md, "Small-data augmentation"), built on kornia."""
 
 from __future__ import annotations
 

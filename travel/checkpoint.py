@@ -178,7 +178,7 @@ def save_weights(
     summary: dict[str, Any],
     half: bool = False,
 ) -> None:
-    """Write the generator as .safetensors with string metadata (DESIGN.md section 6), atomically."""
+    """Write the generator as .safetensors with string metadata (docs/METHOD.md, "Files and formats"), atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -1,4 +1,4 @@
-"""Clustering for self-conditioning (DESIGN.md section 3): seeded k-means, stable cluster ids, frequencies, scores."""
+"""Clustering for self-conditioning (docs/METHOD.md, "Self-conditioning"): seeded k-means, stable cluster ids, frequencies, scores."""
 
 from __future__ import annotations
 

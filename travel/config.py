@@ -94,7 +94,7 @@ class DiscriminatorConfig:
     max_channels: int = 256
     depth: int = 4  # stride-2 downsamplings before global pooling
     attention_level: int = 2  # level with a self-attention block (0 = none)
-    vec_len: int = 128  # length of the emitted vector (L in DESIGN.md)
+    vec_len: int = 128  # length of the emitted vector (L in docs/METHOD.md)
     rotation_head: bool = False  # 4-way rotation classifier on the pooled features (SS-GAN)
     resolution: int = 128  # projected: images are resized to this side before the backbone (64 px reads far better at 128)
     head_channels: int = 64  # projected: width of each scale's 3x3 head convolution
@@ -146,7 +146,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the loss terms (DESIGN.md section 1)."""
+    """Weights of the loss terms (docs/METHOD.md, "Losses")."""
 
     adv: float = 1.0  # lambda_adv: anchor realism loss
     travel: float = 10.0  # lambda_travel: cosine transformation-vector loss
@@ -166,7 +166,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Self-conditioning (DESIGN.md section 3): cluster real targets in D's feature space, condition on the cluster."""
+    """Self-conditioning (docs/METHOD.md, "Self-conditioning"): cluster real targets in D's feature space, condition on the cluster."""
 
     clusters: int = 0  # K; 0 = off. The generator must be built with num_styles = K
     recluster_every: int = 1000  # steps between k-means runs (warm-started, ids kept by Hungarian matching)
@@ -361,7 +361,7 @@ class FamilyDefaults:
 
 FAMILY_DEFAULTS = {
     "scratch": FamilyDefaults(vec_len=128, siamese="shared", travel=10.0, lr_g=1e-4),
-    # The prototype's (shared/notes/projected-prototype.md): TraVeL at today's weight 10 pins G to the identity on
+    # The family's first prototype's (docs/METHOD.md, "Projected discriminator"): TraVeL at today's weight 10 pins G to the identity on
     # pretrained features, 0.1-0.2 kept the characters while the brush style arrived; one vector of 32 per patch;
     # S a separate linear head on the frozen features. docs/BENCHMARKS.md has the measured climb from there.
     "projected": FamilyDefaults(vec_len=32, siamese="separate", travel=0.2, lr_g=2e-4),

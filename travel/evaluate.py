@@ -490,7 +490,7 @@ DEFINITIONS = {
     "l1": "mean absolute difference to the paired ground truth, [0, 1] intensity scale (lower is better)",
     "ssim": "structural similarity to the paired ground truth, kornia, 11-px Gaussian window (higher is better)",
     "retrieval": "share of images whose nearest test target by L2 distance in pixel space is their own pair; "
-    "pixel distance rewards keeping the layout, so compare with the identity row (DESIGN.md section 7)",
+    "pixel distance rewards keeping the layout, so compare with the identity row (docs/METHOD.md, Measuring a translation)",
     "c2st_accuracy": "held-out accuracy of a small CNN trained to tell real target images from these images; "
     "0.5 = indistinguishable from real targets, 1.0 = always told apart (lower is better)",
     "c2st_mean": "c2st_accuracy's mean over c2st_seeds classifier seeds (c2st_std: their standard deviation); one "

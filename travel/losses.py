@@ -1,4 +1,4 @@
-"""Loss functions as small pure functions of tensors (DESIGN.md sections 1 and 3)."""
+"""Loss functions as small pure functions of tensors (docs/METHOD.md, "Losses" and "Self-conditioning")."""
 
 from __future__ import annotations
 

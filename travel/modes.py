@@ -1,4 +1,4 @@
-"""The 2D mode-coverage benchmark (DESIGN.md section 5): Gaussian mixtures, tiny MLP GANs, three discriminators."""
+"""The 2D mode-coverage benchmark (docs/METHOD.md, "The 2D mode-coverage benchmark"): Gaussian mixtures, tiny MLP GANs, three discriminators."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ VARIANT_TITLES = {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Data: the two mixtures of DESIGN.md section 5.
+# Data: the two mixtures of docs/METHOD.md, "The 2D mode-coverage benchmark".
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""A font-invariant character recogniser: the glyph benchmark's content score (DESIGN.md section 7).
+"""A font-invariant character recogniser: the glyph benchmark's content score (docs/METHOD.md, "Measuring a translation").
 
 Pixel scores reward copying the source's layout; a classifier that never saw either benchmark font reads *which*
 character a translation is, whatever its style. It is trained on other fonts' renders of the benchmark's
