@@ -25,7 +25,9 @@ from PIL import Image
 from travel import DEFAULT_CHECKPOINT  # the shipped checkpoint the page opens with; else the first one found
 from travel.data import load_image
 from travel.errors import CheckpointError, ConfigError, DataError, TravelError
-from travel.inference import CheckpointInfo, Translator, list_checkpoints, resolve_checkpoint, runs_dir, shipped_weights_dir
+from travel.inference import (
+    CheckpointInfo, Translator, list_checkpoints, package_data_dir, resolve_checkpoint, runs_dir, shipped_weights_dir,
+)
 from travel.memory import DEFAULT_MEMORY_BUDGET
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless --host says otherwise
@@ -44,16 +46,7 @@ SHIPPED_EXAMPLES = ("emoji/1f431.png", "emoji/1f437.png", "glyphs/4e5d.png", "gl
 
 def shipped_examples_dir() -> Path:
     """The repository's examples/: package data `travel.examples` once installed (any install), else the checkout's."""
-    try:
-        from importlib.resources import files
-
-        folder = Path(str(files("travel.examples")))
-        if folder.is_dir():
-            return folder
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[1] / "examples"
-
+    return package_data_dir("travel.examples", "examples")
 
 
 RESOLUTIONS = {  # value (what API clients send) -> label shown in the page; the first is the default

@@ -31,17 +31,22 @@ DEFAULT_TILE = 512  # translate_tiled's tile side when none is given (plans choo
 # Finding checkpoints: a .safetensors file, a run folder, or a name among shipped weights and runs/.
 
 
-def shipped_weights_dir() -> Path:
-    """The released weights: package data `travel.weights`, or the repo's weights/ in a source checkout."""
+def package_data_dir(package: str, checkout_folder: str) -> Path:
+    """A folder shipped as package data (`travel.weights`, `travel.examples`), or the repo's own in a source checkout."""
     try:
         from importlib.resources import files
 
-        folder = Path(str(files("travel.weights")))
+        folder = Path(str(files(package)))
         if folder.is_dir():
             return folder
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parent.parent / "weights"
+    return Path(__file__).resolve().parent.parent / checkout_folder
+
+
+def shipped_weights_dir() -> Path:
+    """The released weights: package data `travel.weights`, or the repo's weights/ in a source checkout."""
+    return package_data_dir("travel.weights", "weights")
 
 
 def runs_dir() -> Path:
