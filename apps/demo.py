@@ -562,6 +562,8 @@ def launch(
     )
     if not quiet:
         print(f"travel demo: serving on {app.local_url}" + (f" and {app.share_url}" if share and app.share_url else ""))
+        if share and not app.share_url:
+            print("No public link could be made (Gradio's share service was not reached); serving locally only.")
         print("Ctrl-C stops it." + ("" if share else " For a public link too, start it with --share."), flush=True)
     if block:
         app.block_thread()

@@ -162,3 +162,13 @@ def test_a_large_image_translates_under_an_address_space_limit_set_from_the_rule
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: big.png: out of memory translating 1200 x 900 in one pass"), failed.stderr
     assert not (tmp_path / "out" / "big.m.png").exists()
+
+
+def test_a_tiling_that_cannot_blend_is_refused_before_any_image_is_translated(tmp_path, monkeypatch):
+    ckpt = tiny_checkpoint(tmp_path / "m.safetensors")
+    translator = Translator.from_pretrained(ckpt, device="cpu")
+    ran = []
+    monkeypatch.setattr(inference.Translator, "_forward", lambda self, *a: ran.append(a) or 1 / 0)
+    with pytest.raises(ConfigError, match="--overlap 64 is too large for --tile 64"):
+        translator.translate_batch([waves(40, 30), waves(300, 200)], tile=64, overlap=64)
+    assert not ran  # the first image was not translated before the second's plan was refused

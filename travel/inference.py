@@ -18,8 +18,8 @@ from PIL import Image
 from travel.checkpoint import Weights, load_weights, read_metadata
 from travel.data import DEFAULT_MAX_PIXELS, image_from_pil, image_to_tensor, resize_shorter, tensor_to_image
 from travel.errors import CheckpointError, ConfigError
-from travel.memory import (
-    DEFAULT_MEMORY_BUDGET, DEFAULT_OVERLAP, MemoryBudgetError, Plan, format_bytes, forward_bytes, image_bytes, plan_translation,
+from travel.memory import (  # check_tiling is also this module's: tests and callers import it from here
+    DEFAULT_MEMORY_BUDGET, check_tiling, DEFAULT_OVERLAP, MemoryBudgetError, Plan, format_bytes, forward_bytes, image_bytes, plan_translation,
 )
 from travel.models import Generator, Norm2d, SelfAttention
 from travel.runtime import resolve_device
@@ -408,21 +408,6 @@ class Translator:
 
 # ---------------------------------------------------------------------------------------------
 # Tiling helpers: plain functions, so the tests can check the layout and the window directly.
-
-
-def check_tiling(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
-    """The tile rounded up to the network's multiple; errors for layouts that cannot blend."""
-    if tile < 1:
-        raise ConfigError(f"--tile must be >= 1, got {tile}")
-    if overlap < 0:
-        raise ConfigError(f"--overlap must be >= 0, got {overlap}")
-    tile = math.ceil(tile / multiple) * multiple
-    largest = min(tile // 2, tile - 2 * multiple - 1)
-    if overlap > largest:
-        raise ConfigError(
-            f"--overlap {overlap} is too large for --tile {tile} with this model (multiple of {multiple}): at most {max(largest, 0)}"
-        )
-    return tile, overlap
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,21 @@ def image_bytes(height: int, width: int, *, tiled: bool = False, tile: int = 0) 
     return IMAGE_BYTES_PER_PIXEL * height * width + band
 
 
+def check_tiling(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
+    """The tile rounded up to the network's multiple; errors for layouts that cannot blend."""
+    if tile < 1:
+        raise ConfigError(f"--tile must be >= 1, got {tile}")
+    if overlap < 0:
+        raise ConfigError(f"--overlap must be >= 0, got {overlap}")
+    tile = math.ceil(tile / multiple) * multiple
+    largest = min(tile // 2, tile - 2 * multiple - 1)
+    if overlap > largest:
+        raise ConfigError(
+            f"--overlap {overlap} is too large for --tile {tile} with this model (multiple of {multiple}): at most {max(largest, 0)}"
+        )
+    return tile, overlap
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one image is translated: in one pass (tile 0), or in tiles with statistics from a downscaled pass."""
@@ -151,7 +166,7 @@ def plan_translation(
                 f"{format_bytes(fixed + 2 * _tile_bytes(cfg, smallest, height, width))} with {smallest} px tiles); raise "
                 "--memory-budget or scale the image down"
             )
-    tile = math.ceil(tile / cfg.multiple) * cfg.multiple
+    tile, overlap = check_tiling(tile, overlap, cfg.multiple)  # a layout that cannot blend is refused now, not mid-batch
     tiles = fixed + _tile_bytes(cfg, tile, height, width)
     if tiles > budget:
         raise MemoryBudgetError(
