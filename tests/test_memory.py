@@ -54,6 +54,8 @@ def test_sizes_parse_with_units():
     assert parse_size("4096") == 4096 and parse_size("64k") == 65536
     with pytest.raises(ConfigError, match="not a size"):
         parse_size("lots")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        parse_size("0M")
 
 
 def test_the_rule_is_one_pass_when_it_fits_and_tiles_within_the_budget_when_not():

@@ -305,6 +305,7 @@ def test_large_maps_attend_to_block_means_exactly_when_blocks_are_constant(monke
     full = x + attend(q, k, v).transpose(1, 2).reshape(x.shape)  # every one of the 110 positions
     pooled = attention(x)
     assert attention.keys_values(x).keys.shape[1] == 30
+    # Equal in exact arithmetic; the pooled sums run in another order than the full ones, so a float tolerance.
     assert torch.allclose(pooled, full, atol=1e-5)
     # Without the edge weights the one-wide blocks would count as much as full ones: a visible difference.
     context = attention.keys_values(x)

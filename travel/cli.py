@@ -256,9 +256,7 @@ def translate(
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     from travel.memory import parse_size
 
-    budget = parse_size(memory_budget)
-    if budget < 1:
-        raise ConfigError(f"--memory-budget must be > 0, got {memory_budget!r}")
+    budget = parse_size(memory_budget)  # a size that is not one, or 0, is refused here with the flag's name
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder")
 
@@ -822,7 +820,9 @@ def demo(
     max_file_size_mb: float = typer.Option(20.0, "--max-file-size-mb", help="Refuse larger uploads (megabytes)."),
     max_pixels: int = typer.Option(25_000_000, "--max-pixels", help="Refuse images with more pixels."),
     concurrency: int = typer.Option(2, "--concurrency", help="Translations at once; further requests queue."),
-    memory_budget: str = typer.Option("2G", "--memory-budget", help="Memory one translation may use (e.g. 2G): one pass, else tiles; larger images are refused."),
+    memory_budget: str = typer.Option(
+        "2G", "--memory-budget", help="Memory one translation may use (e.g. 2G): one pass, else tiles; larger images are refused."
+    ),
     open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in a web browser."),
 ) -> None:
     """Start the web demo (Gradio) at http://HOST:PORT: upload images and translate them in the browser. Ctrl-C stops it."""
@@ -835,8 +835,8 @@ def demo(
     from travel.memory import parse_size
 
     _demo_module().serve(
-        memory_budget=parse_size(memory_budget), checkpoints=ckpt, host=host, port=port, share=share, device=device, max_file_size=round(max_file_size_mb * 2**20),
-        max_pixels=max_pixels, concurrency=concurrency, open_browser=open_browser,
+        checkpoints=ckpt, host=host, port=port, share=share, device=device, max_file_size=round(max_file_size_mb * 2**20),
+        max_pixels=max_pixels, concurrency=concurrency, memory_budget=parse_size(memory_budget), open_browser=open_browser,
     )
 
 

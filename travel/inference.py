@@ -19,7 +19,8 @@ from travel.checkpoint import Weights, load_weights, read_metadata
 from travel.data import DEFAULT_MAX_PIXELS, image_from_pil, image_to_tensor, resize_shorter, tensor_to_image
 from travel.errors import CheckpointError, ConfigError
 from travel.memory import (  # check_tiling is also this module's: tests and callers import it from here
-    DEFAULT_MEMORY_BUDGET, check_tiling, DEFAULT_OVERLAP, MemoryBudgetError, Plan, format_bytes, forward_bytes, image_bytes, plan_translation,
+    DEFAULT_MEMORY_BUDGET, DEFAULT_OVERLAP, MemoryBudgetError, Plan, check_tiling, format_bytes, images_per_pass,
+    plan_translation,
 )
 from travel.models import Generator, Norm2d, SelfAttention
 from travel.runtime import resolve_device
@@ -388,7 +389,7 @@ class Translator:
             else:
                 whole.setdefault(image.size, []).append(i)
         for (width, height), indices in whole.items():
-            per_pass = self._images_per_pass(width, height, min(batch_size, len(indices)), budget)
+            per_pass = images_per_pass(self.generator.cfg, height, width, min(batch_size, len(indices)), budget)
             for start in range(0, len(indices), per_pass):
                 chunk = indices[start:start + per_pass]
                 with self._out_of_memory_is_an_error(plans[chunk[0]], len(chunk)):
@@ -396,14 +397,6 @@ class Translator:
                     for i, translated in zip(chunk, self.translate_tensor(batch, style=style)):
                         results[i] = tensor_to_image(translated)
         return [r for r in results if r is not None]
-
-    def _images_per_pass(self, width: int, height: int, most: int, budget: int) -> int:
-        """How many images of one size a forward pass takes within the budget (at least 1: each fits alone)."""
-        cfg = self.generator.cfg
-        count = max(1, most)
-        while count > 1 and forward_bytes(cfg, height, width, count) + count * image_bytes(height, width) > budget:
-            count -= 1
-        return count
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from travel.config import GeneratorConfig
 from travel.errors import ConfigError, TravelError
-from travel.models import EXPLICIT_ATTENTION_PAIRS, context_pooling
+from travel.models import EXPLICIT_ATTENTION_PAIRS, context_pooling, key_channels
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes one translation may use: activations, tiles and image buffers together
 DEFAULT_OVERLAP = 64  # pixels shared by neighbouring tiles, blended with a cosine ramp
@@ -43,14 +43,17 @@ class MemoryBudgetError(TravelError):
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes from '2G', '1.5GB', '512M', '512MiB' or a plain number of bytes."""
+    """Bytes (at least 1) from '2G', '1.5GB', '512M', '512MiB' or a plain number of bytes."""
     if isinstance(text, int):
         return text
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", str(text), re.IGNORECASE)
     if not match:
         raise ConfigError(f"--memory-budget: {text!r} is not a size (examples: 2G, 1.5GB, 512M)")
     number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** "bkmgt".index(unit or "b"))
+    size = int(number * 1024 ** "bkmgt".index(unit or "b"))
+    if size < 1:
+        raise ConfigError(f"--memory-budget must be > 0, got {text!r}")
+    return size
 
 
 def format_bytes(size: float) -> str:
@@ -106,12 +109,25 @@ def check_tiling(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
     if overlap < 0:
         raise ConfigError(f"--overlap must be >= 0, got {overlap}")
     tile = math.ceil(tile / multiple) * multiple
-    largest = min(tile // 2, tile - 2 * multiple - 1)
+    largest = _largest_overlap(tile, multiple)
     if overlap > largest:
         raise ConfigError(
             f"--overlap {overlap} is too large for --tile {tile} with this model (multiple of {multiple}): at most {max(largest, 0)}"
         )
     return tile, overlap
+
+
+def _largest_overlap(tile: int, multiple: int) -> int:
+    """The widest overlap a tile can blend: half the tile, leaving an interior beyond the padded edges."""
+    return min(tile // 2, tile - 2 * multiple - 1)
+
+
+def images_per_pass(cfg: GeneratorConfig, height: int, width: int, most: int, budget: int) -> int:
+    """How many images of one size share a forward pass within the budget (at least 1: each was planned to fit)."""
+    count = max(1, most)
+    while count > 1 and forward_bytes(cfg, height, width, count) + count * image_bytes(height, width) > budget:
+        count -= 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -158,14 +174,14 @@ def plan_translation(
     fixed = image_bytes(height, width)
     if tile is None:
         tile = _largest_tile(cfg, height, width, budget, fixed)
-        overlap = min(overlap, tile // 2, max(tile - 2 * cfg.multiple - 1, 0))  # an overlap the chosen tile can blend
         if tile == 0:
-            smallest = math.ceil(_tile_floor(cfg) / cfg.multiple) * cfg.multiple
+            smallest = _tile_floor(cfg)
             raise MemoryBudgetError(
                 f"{size} is too large for the memory budget of {format_bytes(budget)} even in tiles (it needs about "
                 f"{format_bytes(fixed + 2 * _tile_bytes(cfg, smallest, height, width))} with {smallest} px tiles); raise "
                 "--memory-budget or scale the image down"
             )
+        overlap = min(overlap, _largest_overlap(tile, cfg.multiple))  # an overlap the chosen tile can blend
     tile, overlap = check_tiling(tile, overlap, cfg.multiple)  # a layout that cannot blend is refused now, not mid-batch
     tiles = fixed + _tile_bytes(cfg, tile, height, width)
     if tiles > budget:
@@ -193,26 +209,24 @@ def _tile_bytes(cfg: GeneratorConfig, tile: int, height: int, width: int) -> int
 def _context_bytes(cfg: GeneratorConfig, height: int, width: int) -> int:
     """At most: each attention block's keys and values over the whole image, pooled as SelfAttention pools them."""
     total = 0
-    blocks = list(cfg.attention_levels) + [level - 1 for level in range(1, cfg.depth + 1) if level - 1 in cfg.attention_levels]
-    for level in blocks:
+    decoder = [level for level in cfg.attention_levels if level < cfg.depth]  # the way up has blocks there too
+    for level in list(cfg.attention_levels) + decoder:
         h, w = max(height >> level, 1), max(width >> level, 1)
         s = context_pooling(h, w)
-        total += -(-h // s) * -(-w // s) * (max(cfg.width(level) // 8, 4) + cfg.width(level)) * FLOAT
+        total += -(-h // s) * -(-w // s) * (key_channels(cfg.width(level)) + cfg.width(level)) * FLOAT
     return total
 
 
 def _tile_floor(cfg: GeneratorConfig) -> int:
-    """The smallest tile worth using: room for an overlap and an interior on the network's grid."""
-    return max(4 * cfg.multiple, 64)
+    """The smallest tile worth using (a multiple of the network's): room for an overlap and an interior."""
+    return math.ceil(max(4 * cfg.multiple, 64) / cfg.multiple) * cfg.multiple
 
 
 def _largest_tile(cfg: GeneratorConfig, height: int, width: int, budget: int, fixed: int) -> int:
     """The largest tile side (a multiple of the network's) within half the budget left beside `fixed`; 0 if none."""
-    best = 0
-    side = _tile_floor(cfg)
-    side = math.ceil(side / cfg.multiple) * cfg.multiple
+    best, side = 0, _tile_floor(cfg)
     while side <= MAX_TILE and side < max(height, width) + cfg.multiple:
-        if fixed + _tile_bytes(cfg, side, height, width) > fixed + (budget - fixed) // 2:  # half the room: the rest is the stats pass's
+        if _tile_bytes(cfg, side, height, width) > (budget - fixed) // 2:  # half the room: the rest is the stats pass's
             break
         best = side
         side += cfg.multiple

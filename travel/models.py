@@ -33,7 +33,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, *, spectral: bool = False) -> None:
         super().__init__()
-        inner = max(channels // 8, 4)
+        inner = key_channels(channels)
         wrap = spectral_norm if spectral else (lambda m: m)
         self.query = wrap(nn.Conv2d(channels, inner, 1))
         self.key = wrap(nn.Conv2d(channels, inner, 1))
@@ -65,6 +65,11 @@ class SelfAttention(nn.Module):
         k, v = (t.expand(n, -1, -1) for t in (context.keys, context.values))  # [N, M, inner], [N, M, C]
         out = attend(q, k, v, context.bias)  # [N, HW, C]
         return x + self.gate * out.transpose(1, 2).reshape(n, c, h, w)
+
+
+def key_channels(channels: int) -> int:
+    """The width of an attention block's queries and keys over `channels` channels (values keep all of them)."""
+    return max(channels // 8, 4)
 
 
 class AttentionContext(NamedTuple):
