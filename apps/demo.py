@@ -28,7 +28,7 @@ from travel.errors import CheckpointError, ConfigError, DataError, TravelError
 from travel.inference import (
     CheckpointInfo, Translator, list_checkpoints, package_data_dir, resolve_checkpoint, runs_dir, shipped_weights_dir,
 )
-from travel.memory import DEFAULT_MEMORY_BUDGET
+from travel.inference.memory import DEFAULT_MEMORY_BUDGET
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the demo is reachable from this machine only unless --host says otherwise
 DEFAULT_MAX_FILE_SIZE = 20 * 1024 * 1024  # bytes per upload; larger files are refused before they are stored
@@ -122,7 +122,7 @@ class ModelCache:
     ) -> None:
         self.device = device
         self.size = max(1, size)
-        self.memory_budget = memory_budget  # per translation: one pass or tiles, by travel.memory's rule
+        self.memory_budget = memory_budget  # per translation: one pass or tiles, by travel.inference.memory's rule
         self._models: OrderedDict[tuple[Path, int], Translator] = OrderedDict()
         self._lock = threading.Lock()  # two requests for a model not loaded yet load it once
 
@@ -437,7 +437,7 @@ def build_app(
         ($TRAVEL_RUNS) and the shipped weights; the first is opened first (default: DEFAULT_CHECKPOINT if found).
     max_pixels, max_file_size: uploads above these are refused with a message in the page.
     concurrency: translations running at once; up to `queue_size` more requests wait their turn.
-    memory_budget: bytes one translation may use (travel.memory: one pass, else tiles; larger images refused), so
+    memory_budget: bytes one translation may use (travel.inference.memory: one pass, else tiles; larger images refused), so
         the demo needs at most about `concurrency` times this for translations.
     examples: images offered as examples (default: the shipped models' held-out examples, SHIPPED_EXAMPLES, where
         the repository has them, then the bundled apps/examples/*.png).
@@ -590,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--open", action="store_true", help="Open the page in a web browser.")
     args = parser.parse_args(argv)
     try:
-        from travel.memory import parse_size
+        from travel.inference.memory import parse_size
 
         serve(
             memory_budget=parse_size(args.memory_budget),

@@ -16,7 +16,7 @@ import sys
 import torch
 
 from travel.errors import TravelError
-from travel.evaluate import find_test_set, load_test_set, translate_all, write_report
+from travel.lab.evaluate import find_test_set, load_test_set, translate_all, write_report
 from travel.inference import Translator, resolve_checkpoint
 
 

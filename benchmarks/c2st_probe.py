@@ -7,7 +7,7 @@ For each checkpoint (or `identity`, the untranslated sources), `travel eval`'s t
 with classifier seeds 0 .. N-1 (--seeds N, 3 by default), on: the images as they are; both sets in grey; both
 reduced to silhouettes (pixels darker than near-white in any channel); both blurred (5x5 box); both at 16 px; each
 image reduced to its mean colour (--transforms picks some; all by default); then the images as they are with the
-halves cut between the dataset's split groups (travel.evaluate.pair_groups). A transform that leaves the accuracy
+halves cut between the dataset's split groups (travel.lab.evaluate.pair_groups). A transform that leaves the accuracy
 where it was removes nothing the classifier needs. --by-group scores every chosen transform with group halves too
 (silhouettes by group: does the shape carry over to drawings the classifier never saw?). --grid saves, for the first
 checkpoint, the 16 translations the classifier finds most fake (cross-fitted over 3 pair splits), each over its
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from travel.evaluate import find_test_set, load_test_set, pair_groups, translate_all
+from travel.lab.evaluate import find_test_set, load_test_set, pair_groups, translate_all
 from travel.inference import Translator
-from travel.metrics import _prepare, _TwoSampleNet, two_sample_accuracy
+from travel.lab.metrics import _prepare, _TwoSampleNet, two_sample_accuracy
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:

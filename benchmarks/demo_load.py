@@ -60,14 +60,15 @@ def save_untrained_checkpoint(path: Path, *, size: int, channels: int | None = N
     import torch
 
     from travel.checkpoint import save_weights
-    from travel.config import GeneratorConfig, model_config_for
-    from travel.models import Generator
+    from travel.config import GeneratorConfig
+    from travel.options import fit_config
+    from travel.nets.generator import Generator
 
     torch.manual_seed(0)
     if channels is None:
-        config = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4)
+        config = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, warp=False)
     else:
-        config = model_config_for(size=size, channels=channels).generator
+        config = fit_config(size=size, channels=channels).model.generator
     save_weights(path, Generator(config), source_domain="any", target_domain="any", image_size=size, summary={})
     return path
 

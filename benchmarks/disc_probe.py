@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from travel.augment import DiffAugment
-from travel.checkpoint import load_state
-from travel.config import FitConfig, from_dict
-from travel.evaluate import find_test_set, load_test_set
+from travel.checkpoint import load_state, state_config
+
+from travel.lab.evaluate import find_test_set, load_test_set
 from travel.losses import anchor_distance, per_image
-from travel.models import build_discriminator, build_generator
+from travel.nets.discriminators import build_discriminator
+from travel.nets.generator import build_generator
 
 
 def separation(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -35,7 +36,7 @@ def separation(real: torch.Tensor, fake: torch.Tensor) -> float:
 @torch.no_grad()
 def probe(run: Path, data: Path, split: str, count: int, augment: bool, seed: int = 0) -> dict[str, dict[str, float]]:
     state = load_state(run)
-    config = from_dict(FitConfig, json.loads(state["config"]))
+    config = state_config(state, name=str(run))  # any schema this travel reads
     disc = build_discriminator(config.model.discriminator)
     disc.load_state_dict(state["discriminator"])
     gen = build_generator(config.model.generator)

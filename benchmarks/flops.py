@@ -10,8 +10,9 @@ shared TraVeL terms in D's step, each with backward; two more with input gradien
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from travel.config import model_config_for
-from travel.models import build_discriminator, build_generator
+from travel.options import fit_config
+from travel.nets.discriminators import build_discriminator
+from travel.nets.generator import build_generator
 
 
 def forward_flops(module: torch.nn.Module, size: int) -> float:
@@ -27,7 +28,7 @@ def main() -> None:
     for size in (64, 128, 256):
         for channels in (32, 24, 16):
             # The scratch D: these counts are its architecture (bench speed counts the projected one on real weights).
-            model = model_config_for(size=size, channels=channels, disc="scratch")
+            model = fit_config(size=size, channels=channels, disc="scratch").model
             with torch.device("meta"):
                 generator, discriminator = build_generator(model.generator), build_discriminator(model.discriminator)
             g, d = forward_flops(generator, size), forward_flops(discriminator, size)

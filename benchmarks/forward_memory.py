@@ -1,4 +1,4 @@
-"""Measured peak memory of one generator pass against travel.memory.forward_bytes, each row in a fresh process.
+"""Measured peak memory of one generator pass against travel.inference.memory.forward_bytes, each row in a fresh process.
 
     python benchmarks/forward_memory.py > benchmarks/results/forward-memory-calibration-DATE.txt
 
@@ -20,9 +20,9 @@ import sys, json, torch
 cfgkw, n, h, w, threads = json.loads(sys.argv[1])
 torch.set_num_threads(threads)
 from travel.config import GeneratorConfig
-from travel.models import Generator
+from travel.nets.generator import Generator
 from travel.inference import inference_layout, run_generator
-from travel.memory import forward_bytes, MARGIN
+from travel.inference.memory import forward_bytes, MARGIN
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key): return int(line.split()[1]) * 1024

@@ -17,9 +17,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from travel.config import model_config_for
+from travel.options import fit_config
 from travel.inference import inference_layout, run_generator
-from travel.models import SelfAttention, build_generator
+from travel.nets.blocks import SelfAttention
+from travel.nets.generator import build_generator
 
 
 def sdpa_forward(self: SelfAttention, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    plain = build_generator(model_config_for(size=args.size, channels=args.channels).generator).eval()
+    plain = build_generator(fit_config(size=args.size, channels=args.channels).model.generator).eval()
     for p in plain.parameters():
         p.data.normal_(0, 0.05)  # non-zero, so the residual head and the attention gates do real work
     nhwc = inference_layout(copy.deepcopy(plain))

@@ -12,7 +12,7 @@ import torch
 from torchvision.utils import make_grid
 
 from travel.data import tensor_to_image
-from travel.evaluate import find_test_set, load_test_set, translate_all
+from travel.lab.evaluate import find_test_set, load_test_set, translate_all
 from travel.inference import Translator
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from travel.clustering import kmeans, normalized_mutual_information, purity
-from travel.datasets import read_styles
-from travel.evaluate import load_square
-from travel.projected import FrozenBackbone, map_statistics
+from travel.train.clustering import kmeans, normalized_mutual_information, purity
+from travel.lab.datasets import read_styles
+from travel.lab.evaluate import load_square
+from travel.nets.discriminators.projected import FrozenBackbone, map_statistics
 
 
 def feature_maps(folder: Path, names: list[str], size: int = 64) -> list[torch.Tensor]:

@@ -27,7 +27,7 @@ ckpt, width, height, threads, budget = sys.argv[1], int(sys.argv[2]), int(sys.ar
 torch.set_num_threads(threads)
 from PIL import Image
 from travel.inference import Translator
-from travel.memory import parse_size
+from travel.inference.memory import parse_size
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -3,7 +3,7 @@
     python benchmarks/warp_flow.py --data DATA --size 128 [--sheet flow.png] CKPT [CKPT ...]
 
 For each checkpoint, the full-resolution displacement the generator resamples its input along (the last call of
-travel.models.warp), over the whole test set: mean length in pixels, its 99th percentile and maximum, and the
+travel.nets.generator.warp), over the whole test set: mean length in pixels, its 99th percentile and maximum, and the
 share of pixels moved more than 1 px. The sheet has the sources on top, then for each checkpoint its
 translations and the displacement length (white = still, black = 4 px or more).
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
-import travel.models
+import travel.nets.generator
 from travel.data import tensor_to_image
-from travel.evaluate import find_test_set, load_test_set
+from travel.lab.evaluate import find_test_set, load_test_set
 from travel.inference import Translator
 
 
@@ -28,18 +28,18 @@ from travel.inference import Translator
 def recorded_flows() -> Iterator[list[torch.Tensor]]:
     """Collect the displacement [N, 2, H, W] of every warp of a full-resolution RGB image while inside."""
     flows: list[torch.Tensor] = []
-    original = travel.models.warp
+    original = travel.nets.generator.warp
 
     def spy(x: torch.Tensor, flow: torch.Tensor, size: torch.Size) -> torch.Tensor:
         if x.shape[1] == 3 and tuple(x.shape[-2:]) == tuple(size):
             flows.append(flow.detach())
         return original(x, flow, size)
 
-    travel.models.warp = spy
+    travel.nets.generator.warp = spy
     try:
         yield flows
     finally:
-        travel.models.warp = original
+        travel.nets.generator.warp = original
 
 
 def main() -> None:

@@ -77,15 +77,14 @@ def stripe_ink(source: Path, out: Path) -> None:
 def styled_fit_config(source: Path, target: Path, *, clusters: int, subset: int, steps: int, name: str = "styled"):
     """A tiny self-conditioned FitConfig (32 px, scratch D) that clusters the frozen backbone's style statistics."""
     from travel.config import (
-        ClusterConfig, DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
+        ClusterConfig, DataConfig, DiscriminatorConfig, ProjectedConfig, ScratchConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
     )
 
     return FitConfig(
         name=name,
         model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4,
-                                      num_styles=clusters),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
+            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=clusters, warp=False),
+            discriminator=DiscriminatorConfig(family="scratch", vec_len=8, scratch=ScratchConfig(base_channels=8, max_channels=16, depth=2, attention_level=1)),
         ),
         clusters=ClusterConfig(clusters=clusters, recluster_every=1, subset=subset, features="backbone"),
         data=DataConfig(source=str(source), target=str(target), load_size=32, crop_size=32),
@@ -96,7 +95,7 @@ def styled_fit_config(source: Path, target: Path, *, clusters: int, subset: int,
 def tiny_fit_config(source: Path, target: Path, **train_overrides):
     """A FitConfig small enough for a test: 8-channel nets at 16x16 crops."""
     from travel.config import (
-        DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
+        DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, ScratchConfig, TrainConfig,
     )
 
     train = dict(steps=4, batch_size=2, log_every=1, sample_every=2, save_every=2, sample_count=2, seed=0)
@@ -104,8 +103,8 @@ def tiny_fit_config(source: Path, target: Path, **train_overrides):
     return FitConfig(
         name="tiny",
         model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=16, depth=2, attention_level=1, vec_len=8),
+            generator=GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, warp=False),
+            discriminator=DiscriminatorConfig(family="scratch", vec_len=8, scratch=ScratchConfig(base_channels=8, max_channels=16, depth=2, attention_level=1)),
         ),
         data=DataConfig(source=str(source), target=str(target), load_size=18, crop_size=16),
         train=TrainConfig(**train),

@@ -29,9 +29,9 @@ from travel.checkpoint import (
 )
 from travel.config import SCHEMA_VERSION, GeneratorConfig, from_dict
 from travel.errors import CheckpointError
-from travel.models import build_generator
+from travel.nets.generator import build_generator
 
-CONFIG = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4)
+CONFIG = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, warp=False)
 
 
 def trained_looking_generator(seed: int = 0):

@@ -17,7 +17,8 @@ import travel
 from conftest import draw_shapes
 from travel.checkpoint import load_state, load_weights
 from travel.cli import app
-from travel.config import FAMILY_DEFAULTS, FitConfig, LossConfig, TrainConfig, from_dict, model_config_for
+from travel.compat import read_run_config
+from travel.config import DataConfig, FitConfig, resolve
 
 # Tiny networks at 16 px on the CPU: a step takes milliseconds.
 TINY = ["--size", "16", "--channels", "8", "--depth", "2", "--vec-len", "8", "--batch-size", "2", "--device", "cpu",
@@ -59,7 +60,7 @@ def test_tiny_fit(folders, tmp_path):
     assert "done: 2 steps" in result.stdout
     weights = load_weights(tmp_path / "run" / "red2blue.safetensors")
     assert (weights.source_domain, weights.target_domain, weights.image_size) == ("red", "blue", 16)
-    config = from_dict(FitConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
+    config = read_run_config((tmp_path / "run" / "config.json").read_text())
     assert (config.train.steps, config.data.crop_size, config.model.discriminator.vec_len) == (2, 16, 8)
 
 
@@ -67,7 +68,7 @@ def test_dry_run_prints_the_config_as_json_and_trains_nothing(folders, tmp_path)
     red, blue = folders
     result = invoke("fit", "--src", red, "--dst", blue, "--steps", "7", "--siamese", "separate", "--dry-run", *TINY)
     assert result.exit_code == 0, result.output
-    config = from_dict(FitConfig, json.loads(result.stdout))
+    config = read_run_config(result.stdout)
     assert (config.name, config.train.steps, config.model.siamese) == ("red2blue", 7, "separate")
     assert config.data.source == str(red.resolve()) and config.data.load_size >= config.data.crop_size == 16
     assert not (tmp_path / "runs").exists()
@@ -77,20 +78,20 @@ def test_generator_options_reach_the_config(folders):
     red, blue = folders
     result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "1", "--no-residual", "--dry-run", *TINY)
     assert result.exit_code == 0, result.output
-    generator = from_dict(FitConfig, json.loads(result.stdout)).model.generator
+    generator = read_run_config(result.stdout).model.generator
     assert (generator.skip_from, generator.residual) == (1, False)
-    default = from_dict(FitConfig, json.loads(invoke("fit", "--src", red, "--dst", blue, "--dry-run", *TINY).stdout))
+    default = read_run_config(invoke("fit", "--src", red, "--dst", blue, "--dry-run", *TINY).stdout)
     assert (default.model.generator.skip_from, default.model.generator.residual) == (0, True)
     assert default.data.flip is True and default.model.generator.warp is True
     flat = invoke("fit", "--src", red, "--dst", blue, "--no-warp", "--dry-run", *TINY)
-    assert from_dict(FitConfig, json.loads(flat.stdout)).model.generator.warp is False
+    assert read_run_config(flat.stdout).model.generator.warp is False
     flipless = invoke("fit", "--src", red, "--dst", blue, "--no-flip", "--dry-run", *TINY)
-    assert from_dict(FitConfig, json.loads(flipless.stdout)).data.flip is False
+    assert read_run_config(flipless.stdout).data.flip is False
     assert default.data.augment_colour is True
     plain = invoke("fit", "--src", red, "--dst", blue, "--no-augment-colour", "--dry-run", *TINY)
-    assert from_dict(FitConfig, json.loads(plain.stdout)).data.augment_colour is False
+    assert read_run_config(plain.stdout).data.augment_colour is False
     result = invoke("fit", "--src", red, "--dst", blue, "--skip-from", "9", "--dry-run", *TINY)
-    assert result.exit_code != 0 and "skip_from" in result.output and "Traceback" not in result.output
+    assert result.exit_code != 0 and "--skip-from" in result.output and "Traceback" not in result.output
 
 
 def test_default_model_is_the_measured_one(folders):
@@ -99,14 +100,14 @@ def test_default_model_is_the_measured_one(folders):
     red, blue = folders
     result = invoke("fit", "--src", red, "--dst", blue, "--dry-run")
     assert result.exit_code == 0, result.output
-    model = from_dict(FitConfig, json.loads(result.stdout)).model
-    assert model.generator.base_channels == model.discriminator.base_channels == 16
+    model = read_run_config(result.stdout).model
+    assert model.generator.base_channels == model.discriminator.scratch.base_channels == 16
     assert model.generator.padding == FitConfig().model.generator.padding == "replicate"
     assert FitConfig().model.generator.base_channels == 16
     # --warp: it beat the plain U-Net on both glyph seeds by every score and was neutral on emoji (BENCHMARKS.md);
-    # Python's model_config_for builds the same. A config saved without the key (older runs, shipped weights) does not warp.
-    assert model.generator.warp is True and model_config_for(size=16).generator.warp is True
-    assert FitConfig().model.generator.warp is False
+    # the dataclass default is the same. A config saved without the key (older runs, shipped weights) does not warp
+    # (tests/test_compat.py).
+    assert model.generator.warp is True and FitConfig().model.generator.warp is True
 
 
 def test_default_discriminator_is_projected_and_python_builds_the_same(folders):
@@ -116,12 +117,74 @@ def test_default_discriminator_is_projected_and_python_builds_the_same(folders):
     red, blue = folders
     result = invoke("fit", "--src", red, "--dst", blue, "--dry-run")
     assert result.exit_code == 0, result.output
-    default = from_dict(FitConfig, json.loads(result.stdout))
+    default = read_run_config(result.stdout)
     assert default.model.discriminator.family == "projected"
-    family = FAMILY_DEFAULTS["projected"]
-    python = FitConfig(model=model_config_for(size=128, disc="projected"), loss=LossConfig(travel=family.travel),
-                       train=TrainConfig(lr_g=family.lr_g))
-    assert (python.model, python.loss, python.train.lr_g) == (default.model, default.loss, default.train.lr_g)
+    # The dataclasses' defaults are the command line's: FitConfig() with the domains set resolves to the same config,
+    # and so does travel.fit_config (the options travel.fit takes).
+    python = resolve(FitConfig(name=default.name, data=DataConfig(source=str(red.resolve()), target=str(blue.resolve()))))
+    assert python == default
+    assert travel.fit_config(red, blue) == default
+
+
+def test_python_fit_trains_what_the_command_line_trains(folders, tmp_path):
+    """travel.fit with the flags as keywords: the same config and, step for step, the same weights (one process,
+    one thread, the same machine and the same computation, so bit for bit)."""
+    import hashlib
+
+    red, blue = folders
+    result = invoke("fit", "--src", red, "--dst", blue, "--run-dir", tmp_path / "cli", "--steps", "3", *TINY)
+    assert result.exit_code == 0, result.output
+    python = travel.fit(red, blue, run_dir=tmp_path / "py", steps=3, size=16, channels=8, depth=2, vec_len=8,
+                        batch_size=2, device="cpu", log_every=1, sample_every=1000)
+    assert python.weights == tmp_path / "py" / "red2blue.safetensors" and python.step == 3
+    assert read_run_config((tmp_path / "py" / "config.json").read_text()) == read_run_config((tmp_path / "cli" / "config.json").read_text())
+
+    def digest(path: Path) -> str:
+        weights = load_weights(path)
+        return hashlib.sha256(b"".join(weights.state[k].numpy().tobytes() for k in sorted(weights.state))).hexdigest()
+
+    assert digest(python.weights) == digest(tmp_path / "cli" / "red2blue.safetensors")
+    resumed = travel.resume(tmp_path / "py", steps=4)
+    assert resumed.step == 4 and not resumed.interrupted
+
+
+def test_python_options_are_checked_by_name(folders):
+    red, blue = folders
+    with pytest.raises(travel.TravelError, match="unknown option 'lr_gg' \\(did you mean 'lr_g'\\?\\)"):
+        travel.fit_config(red, blue, lr_gg=1e-3)
+    with pytest.raises(travel.TravelError, match="^TrainConfig.batch_size: must be >= 2") as caught:
+        travel.fit_config(red, blue, batch_size=1)
+    assert caught.value.setting == "TrainConfig.batch_size"
+    with pytest.raises(travel.TravelError, match="DataConfig.crop_size: expected an integer"):
+        travel.fit_config(red, blue, size="big")
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--batch-size", "1", "error: --batch-size: must be >= 2"),
+    ("--channels", "2", "error: --channels: must be >= 4"),
+    ("--clusters", "1", "error: --clusters: must be 0 (off) or at least 2"),
+    ("--d-resolution", "100", "error: --d-resolution: must be a multiple of 32"),
+    ("--padding", "reflect", "error: --padding: 'reflect' is not one of"),
+])
+def test_config_errors_name_the_flag(folders, flag, value, words):
+    red, blue = folders
+    line = assert_one_error_line(invoke("fit", "--src", red, "--dst", blue, flag, value, "--dry-run"))
+    assert line.startswith(words), line
+
+
+def test_fit_help_groups_the_flags_and_shows_each_default():
+    result = CliRunner().invoke(app, ["fit", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0, result.output
+    text = result.output
+    panels = [text.index(f"─ {group} ") for group in ("Data", "Generator", "Discriminator", "Losses", "Run")]
+    assert panels == sorted(panels)  # in this order
+    from travel.options import OPTIONS
+
+    for option in OPTIONS.values():
+        assert option.flag_name in text, option.flag_name
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ --")}
+    assert "[default: 128]" in rows["--size"] and "[default: 0.0004]" in rows["--lr-d"]
+    assert "projected" in rows["--lr-g"] and "scratch" in rows["--lr-g"]  # resolved by the family, and says so
 
 
 def only_unreadable(tmp_path: Path) -> Path:
@@ -230,7 +293,7 @@ def test_cyclegan_layout(tmp_path):
     assert result.exit_code == 0, result.output
     weights = load_weights(tmp_path / "run" / "horse2zebra.safetensors")  # named after the dataset, not trainA2trainB
     assert (weights.source_domain, weights.target_domain) == ("horse2zebraA", "horse2zebraB")
-    config = from_dict(FitConfig, json.loads((tmp_path / "run" / "config.json").read_text()))
+    config = read_run_config((tmp_path / "run" / "config.json").read_text())
     assert Path(config.data.source).name == "trainA" and Path(config.data.target).name == "trainB"
 
 

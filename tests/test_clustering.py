@@ -1,4 +1,4 @@
-"""travel.clustering: k-means on blobs, stable ids across reclusterings, frequencies, purity and NMI by hand."""
+"""travel.train.clustering: k-means on blobs, stable ids across reclusterings, frequencies, purity and NMI by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from travel.clustering import (
+from travel.train.clustering import (
     assign,
     cluster_frequencies,
     kmeans,

@@ -8,8 +8,9 @@ import json
 import pytest
 
 from travel.config import (
+    ClusterConfig,
     DataConfig,
-    DiscriminatorConfig,
+    DiscriminatorConfig, ProjectedConfig, ScratchConfig,
     FitConfig,
     GeneratorConfig,
     LossConfig,
@@ -18,6 +19,7 @@ from travel.config import (
     attention_levels_for,
     from_dict,
     to_dict,
+    resolve,
     to_json,
 )
 from travel.errors import ConfigError, TravelError
@@ -28,12 +30,11 @@ def non_default_config() -> FitConfig:
     return FitConfig(
         name="apples2oranges",
         model=ModelConfig(
-            generator=GeneratorConfig(base_channels=16, max_channels=64, depth=3, attention_levels=(2, 3), norm_groups=4),
-            discriminator=DiscriminatorConfig(base_channels=16, max_channels=64, depth=3, attention_level=1, vec_len=7,
-                                              rotation_head=True),
+            generator=GeneratorConfig(base_channels=16, max_channels=64, depth=3, attention_levels=(2, 3), norm_groups=4, warp=False),
+            discriminator=DiscriminatorConfig(family="scratch", vec_len=7, rotation_head=True, scratch=ScratchConfig(base_channels=16, max_channels=64, depth=3, attention_level=1)),
             siamese="separate",
         ),
-        loss=LossConfig(travel=3.5, dist=0.25, margin=2.0, r1_gamma=0.1, rotation_d=1.0, rotation_g_decay=False),
+        loss=LossConfig(travel=3.5, dist=0.25, margin=2.0, r1_gamma=0.1, rotation=True, rotation_d=1.0, rotation_g_decay=False),
         data=DataConfig(source="/data/a", target="/data/b", load_size=40, crop_size=32, flip=False, workers=2),
         train=TrainConfig(steps=123, batch_size=3, lr_g=2e-4, seed=7, device="cpu", precision="fp32", log_every=5),
     )
@@ -111,9 +112,9 @@ def test_from_dict_rejects_a_non_object():
     [
         (lambda: TrainConfig(steps=0), "steps"),
         (lambda: TrainConfig(steps=-3), "steps"),
-        (lambda: TrainConfig(batch_size=1), "batch size"),
-        (lambda: TrainConfig(lr_g=0.0), "learning rates"),
-        (lambda: TrainConfig(lr_d=float("nan")), "learning rates"),
+        (lambda: TrainConfig(batch_size=1), "batch_size: must be >= 2"),
+        (lambda: TrainConfig(lr_g=0.0), "lr_g: must be > 0"),
+        (lambda: TrainConfig(lr_d=float("nan")), "lr_d: must be > 0"),
         (lambda: TrainConfig(beta1=1.0), "betas"),
         (lambda: TrainConfig(d_steps=0), "d_steps"),
         (lambda: TrainConfig(ema_beta=1.0), "ema_beta"),
@@ -123,20 +124,23 @@ def test_from_dict_rejects_a_non_object():
         (lambda: DataConfig(load_size=16, crop_size=32), "load size"),
         (lambda: DataConfig(load_size=8, crop_size=4), "crop size"),
         (lambda: DataConfig(workers=-1), "workers"),
-        (lambda: GeneratorConfig(channels=2), "channels"),
-        (lambda: GeneratorConfig(depth=0), "depth"),
-        (lambda: GeneratorConfig(depth=9), "depth"),
-        (lambda: GeneratorConfig(depth=2, attention_levels=(3,)), "attention_levels"),
-        (lambda: GeneratorConfig(base_channels=64, max_channels=32), "max_channels"),
-        (lambda: DiscriminatorConfig(vec_len=0), "vec_len"),
-        (lambda: DiscriminatorConfig(depth=2, attention_level=3), "attention_level"),
+        (lambda: GeneratorConfig(channels=2, warp=False), "channels"),
+        (lambda: GeneratorConfig(depth=0, warp=False), "depth"),
+        (lambda: GeneratorConfig(depth=9, warp=False), "depth"),
+        (lambda: GeneratorConfig(depth=2, attention_levels=(3,), warp=False), "attention_levels"),
+        (lambda: GeneratorConfig(base_channels=64, max_channels=32, warp=False), "max_channels"),
+        (lambda: DiscriminatorConfig(family="scratch", vec_len=0), "vec_len"),
+        (lambda: DiscriminatorConfig(family="scratch", scratch=ScratchConfig(depth=2, attention_level=3)), "attention_level"),
         (lambda: ModelConfig(siamese="both"), "siamese"),  # type: ignore[arg-type]
-        (lambda: ModelConfig(generator=GeneratorConfig(channels=1)), "channels"),
+        (lambda: ModelConfig(generator=GeneratorConfig(channels=1, warp=False)), "channels"),
         (lambda: LossConfig(travel=-1.0), "travel"),
         (lambda: LossConfig(adv=float("nan")), "adv"),
         (lambda: FitConfig(name="a/b"), "name"),
         (lambda: FitConfig(name=""), "name"),
-        (lambda: FitConfig(loss=LossConfig(rotation_d=1.0)), "rotation"),
+        (lambda: resolve(FitConfig(loss=LossConfig(rotation=True),
+                                  model=ModelConfig(discriminator=DiscriminatorConfig(rotation_head=False)))), "rotation head"),
+        (lambda: resolve(FitConfig(clusters=ClusterConfig(clusters=3),
+                                  model=ModelConfig(generator=GeneratorConfig(num_styles=2)))), "num_styles"),
     ],
 )
 def test_validation_errors(build, needle):
@@ -145,8 +149,9 @@ def test_validation_errors(build, needle):
 
 
 def test_validation_runs_on_from_dict_too():
-    with pytest.raises(ConfigError, match="batch size"):
+    with pytest.raises(ConfigError, match="batch_size") as caught:
         from_dict(FitConfig, {"train": {"batch_size": 1}})
+    assert caught.value.setting == "TrainConfig.batch_size"  # the command line shows --batch-size instead
 
 
 def test_config_error_is_a_travel_error_and_a_value_error():
@@ -171,7 +176,7 @@ def test_to_dict_is_plain_json():
 
 
 def test_widths_double_and_cap():
-    cfg = GeneratorConfig(base_channels=8, max_channels=32, depth=4)
+    cfg = GeneratorConfig(base_channels=8, max_channels=32, depth=4, warp=False)
     assert [cfg.width(level) for level in range(5)] == [8, 16, 32, 32, 32]
     assert cfg.multiple == 16
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, features
 from typer.testing import CliRunner
 
-from travel import datasets
+from travel.lab import datasets
 from travel.cli import app
-from travel.datasets import (
+from travel.lab.datasets import (
     CARD_FILE, SPLITS, SPLITS_FILE, MissingSourceError, assign_splits, build_emoji, build_glyphs, codepoint_name,
     emoji_group, emoji_key, gb2312_characters,
 )

@@ -17,12 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from travel.checkpoint import save_weights
-from travel.cli import _demo_module, app as cli_app
+from travel.cli.translate import _demo_module, app as cli_app
 from travel.config import GeneratorConfig
 from travel.data import resize_shorter
 from travel.errors import CheckpointError
 from travel.inference import CheckpointInfo
-from travel.models import Generator
+from travel.nets.generator import Generator
 
 MAX_PIXELS = 40_000  # the test app's pixel limit: 200 x 200
 MAX_FILE_SIZE = 64 * 1024  # the test app's upload limit, bytes
@@ -33,7 +33,7 @@ def save_tiny_checkpoint(path: Path, *, styles: int = 0, seed: int = 0) -> Path:
     """A tiny generator whose output differs from its input (an untrained one is exactly the identity)."""
     torch.manual_seed(seed)
     generator = Generator(
-        GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=styles)
+        GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=styles, warp=False)
     )
     with torch.no_grad():
         torch.nn.init.normal_(generator.head.weight, std=0.3)

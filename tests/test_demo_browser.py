@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from travel.checkpoint import save_weights
-from travel.cli import _demo_module
+from travel.cli.translate import _demo_module
 from travel.config import GeneratorConfig
-from travel.models import Generator
+from travel.nets.generator import Generator
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; CI installs it (.ci/run). Playwright's own download is never used.
 CHROMIUM_ARGS = [
@@ -37,7 +37,7 @@ def save_tiny_checkpoint(path: Path, *, styles: int = 0) -> Path:
     """A tiny generator whose output differs from its input (an untrained one is exactly the identity)."""
     torch.manual_seed(0)
     generator = Generator(
-        GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=styles)
+        GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=styles, warp=False)
     )
     with torch.no_grad():
         torch.nn.init.normal_(generator.head.weight, std=0.3)

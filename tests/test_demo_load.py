@@ -33,7 +33,7 @@ def _leaky_app(folder: Path, *, megabytes: int) -> Path:
     script = folder / "leaky_demo.py"
     script.write_text(
         "import sys\n"
-        "from travel.cli import _demo_module\n"
+        "from travel.cli.translate import _demo_module\n"
         "demo = _demo_module()\n"
         "kept = []\n"
         "translate = demo.DemoState.translate\n"

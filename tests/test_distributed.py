@@ -19,12 +19,12 @@ from torch import nn
 
 from conftest import tiny_fit_config
 from travel.checkpoint import load_state, load_weights
-from travel.config import LossConfig
-from travel.distributed import ENV_VARS, World, any_rank, average, broadcast, join, leave, rank_seed
+from travel.config import resolve, LossConfig
+from travel.train.distributed import ENV_VARS, World, any_rank, average, broadcast, join, leave, rank_seed
 from travel.errors import ConfigError
-from travel.train import (
-    Styles, build_nets, discriminator_step, distribute, fit, generator_step, resume_config, rotation_weight_at,
-)
+from travel.train import fit, resume_config
+from travel.train.step import build_nets, discriminator_step, distribute, generator_step, rotation_weight_at
+from travel.train.styles import Styles
 
 B = 4  # images per rank; a multiple of 4, so rotate_batch's labels (i mod 4) match between b and 2b batches
 ITERATIONS = 2  # a second step shows the DDP reducers are ready again after a D step and a G step
@@ -74,7 +74,7 @@ def gradient_cases() -> dict[str, tuple]:
     per_image = replace(
         base,
         model=replace(model, discriminator=replace(model.discriminator, rotation_head=True)),
-        loss=LossConfig(travel=0.0, margin=0.0, rotation_d=1.0, rotation_g=0.5, r1_gamma=1.0),
+        loss=LossConfig(travel=0.0, margin=0.0, rotation=True, rotation_d=1.0, rotation_g=0.5, r1_gamma=1.0),
     )
     # The TraVeL and margin losses compare pairs within each rank's batch, so DDP's gradient is the mean of
     # the two half-batch gradients, not the 2b-batch one. Learning rate 0: every gradient of the step is
@@ -84,7 +84,7 @@ def gradient_cases() -> dict[str, tuple]:
         base,
         model=replace(model, siamese="separate", discriminator=replace(model.discriminator, rotation_head=True)),
     )
-    return {"per_image": (per_image, 0.05), "pairs": (pairs, 0.0)}
+    return {"per_image": (resolve(per_image), 0.05), "pairs": (resolve(pairs), 0.0)}  # the steps take resolved configs
 
 
 def fixed_batches() -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,13 +218,13 @@ def fit_worker(rank: int, size: int, port: int, jobs: list, root: Path, out: Pat
         # save landed would resume from the save before it (and the ranks would then run different steps).
         import travel.train
 
-        save_state = travel.train.save_state
+        save_state = travel.train.run.save_state
 
         def slow_save_state(*args, **kwargs):
             time.sleep(0.5)
             save_state(*args, **kwargs)
 
-        travel.train.save_state = slow_save_state
+        travel.train.run.save_state = slow_save_state
     results = []
     for config, run, resume, abort_at in jobs:
         calls = 0
@@ -393,7 +393,7 @@ def test_fit_flags_reach_the_config_and_resume_can_change_them(domains, tmp_path
 def test_compiled_fit_runs_and_saves_plain_weights(domains, tmp_path, monkeypatch):
     import travel.train
 
-    if travel.train.compile_problem(torch.device("cpu")) is not None:  # inductor, on a tiny function
+    if travel.train.step.compile_problem(torch.device("cpu")) is not None:  # inductor, on a tiny function
         pytest.skip("torch.compile does not work on this machine")
     # The networks with aot_eager: Dynamo's capture (spectral norm, attention, styles) and AOT autograd as with
     # inductor, without its C++ build (measured: a 2-step inductor fit took 11 min on a loaded 2-core machine).

@@ -15,10 +15,10 @@ from travel.checkpoint import save_weights
 from travel.cli import app
 from travel.config import GeneratorConfig
 from travel.errors import DataError, TravelError
-from travel.evaluate import (
+from travel.lab.evaluate import (
     EvalSettings, InceptionFeatures, default_output_path, find_test_set, format_table, load_test_set, score,
 )
-from travel.models import build_generator
+from travel.nets.generator import build_generator
 
 runner = CliRunner()
 QUICK = ["--c2st-steps", "5", "--size", "32"]
@@ -37,7 +37,7 @@ def _test_set(root: Path, *, paired: bool = True, count: int = 8) -> Path:
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    cfg = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4)
+    cfg = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, warp=False)
     path = tmp_path / "ckpt" / "red2blue.safetensors"
     save_weights(path, build_generator(cfg).eval(), source_domain="red", target_domain="blue", image_size=32, summary={})
     return path
@@ -200,7 +200,7 @@ def test_eval_command_tiny_set_skips_the_two_sample_test(tmp_path, checkpoint):
 
 
 def test_eval_two_sample_seeds_and_group_split_in_the_report(tmp_path, checkpoint):
-    from travel.metrics import two_sample_accuracy
+    from travel.lab.metrics import two_sample_accuracy
 
     data = _test_set(tmp_path / "shapes")
     out = tmp_path / "r.json"
@@ -223,18 +223,18 @@ def test_eval_two_sample_seeds_and_group_split_in_the_report(tmp_path, checkpoin
 
 
 def test_emoji_sets_group_the_skin_tones_of_one_emoji(tmp_path):
-    from travel.datasets import split_groups
+    from travel.lab.datasets import split_groups
 
     names = ["1f44d", "1f44d-1f3fb", "1f44d-1f3ff", "1f469-1f3fd-200d-1f4bb", "1f469-200d-1f4bb", "2764"]
     assert split_groups(tmp_path, names) == names  # no card: one group per pair
-    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.datasets.build_emoji", "dataset": "emoji"}))
+    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.lab.datasets.build_emoji", "dataset": "emoji"}))
     groups = split_groups(tmp_path, names)
     assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4]
     assert len({groups[0], groups[3], groups[5]}) == 3
 
 
 def test_a_groups_file_names_the_near_duplicates(tmp_path):
-    from travel.datasets import split_groups
+    from travel.lab.datasets import split_groups
 
     names = ["cat-1", "cat-2", "dog-1", "dog"]
     (tmp_path / "groups.json").write_text(json.dumps({"cat-1": "cat", "cat-2": "cat", "dog-1": "dog"}))
@@ -243,7 +243,7 @@ def test_a_groups_file_names_the_near_duplicates(tmp_path):
     # "dog" is not in the file: a group of its own, even though a listed group has the same name.
     assert groups[2] != groups[3]
     # The file wins over the emoji card's own grouping.
-    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.datasets.build_emoji", "dataset": "emoji"}))
+    (tmp_path / "dataset_card.json").write_text(json.dumps({"builder": "travel.lab.datasets.build_emoji", "dataset": "emoji"}))
     assert split_groups(tmp_path, names) == groups
 
 
@@ -257,7 +257,7 @@ def test_a_groups_file_names_the_near_duplicates(tmp_path):
     ],
 )
 def test_a_bad_groups_file_is_refused_in_one_line(tmp_path, content, message):
-    from travel.datasets import split_groups
+    from travel.lab.datasets import split_groups
 
     (tmp_path / "groups.json").write_text(content)
     with pytest.raises(DataError, match=re.escape(message)):
@@ -265,7 +265,7 @@ def test_a_bad_groups_file_is_refused_in_one_line(tmp_path, content, message):
 
 
 def test_eval_cuts_the_group_halves_along_a_groups_file(tmp_path, checkpoint):
-    from travel.metrics import two_sample_accuracy
+    from travel.lab.metrics import two_sample_accuracy
 
     data = _test_set(tmp_path / "shapes")
     names = sorted(p.stem for p in (data / "testA").iterdir())
@@ -333,7 +333,7 @@ def _mixed_style_set(root: Path) -> Path:
 
 
 def test_eval_scores_clusters_and_style_consistency_against_the_true_styles(tmp_path, checkpoint):
-    from travel.evaluate import evaluate
+    from travel.lab.evaluate import evaluate
     from travel.train import fit
 
     data = _mixed_style_set(tmp_path / "mixed")

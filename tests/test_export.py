@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from travel.checkpoint import load_weights, save_weights
 from travel.cli import app
 from travel.config import GeneratorConfig
-from travel.models import Generator, SelfAttention
+from travel.nets.blocks import SelfAttention
+from travel.nets.generator import Generator
 
 onnxruntime = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -165,7 +166,7 @@ def test_half_precision_safetensors_copy_for_shipping(tmp_path):
 def test_onnx_attends_to_every_position_where_travel_pools(plain, monkeypatch):
     """The graph is captured at small sizes, so it attends to all positions: above MAX_ATTENTION_CONTEXT positions at
     an attention level it computes the full attention (README, ONNX), not travel's pooled context."""
-    import travel.models as models
+    import travel.nets.blocks as models
 
     ckpt, path = plain
     generator = load_weights(ckpt).build()

@@ -17,12 +17,14 @@ import pytest
 import torch
 
 import travel
-import travel.train as train_module
+import travel.train.step as train_module
+from travel.config import resolve
 from conftest import draw_shapes, report_artifact, tiny_fit_config
 from travel.checkpoint import STATE_FILE, load_run_config, load_state, load_weights, run_lock, save_weights
 from travel.errors import CheckpointError, TravelError, WriteError
-from travel.models import build_generator
-from travel.train import BAD_STEPS_BEFORE_ROLLBACK, MAX_ROLLBACKS, fit
+from travel.nets.generator import build_generator
+from travel.train import fit
+from travel.train.guard import BAD_STEPS_BEFORE_ROLLBACK, MAX_ROLLBACKS
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -54,7 +56,7 @@ def poison(monkeypatch, name: str, bad_calls) -> list[int]:
 
 
 def test_nonfinite_steps_are_skipped_and_logged(domains, tmp_path, monkeypatch):
-    config = tiny_fit_config(*domains, steps=8, save_every=4, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=8, save_every=4, sample_every=100))  # resolved: the learning rates are read below
     poison(monkeypatch, "anchor_g_loss", lambda call: call in (2, 3))  # steps 3 and 4
     poison(monkeypatch, "anchor_d_loss", lambda call: call == 6)  # step 7
     messages: list[str] = []
@@ -73,7 +75,7 @@ def test_nonfinite_steps_are_skipped_and_logged(domains, tmp_path, monkeypatch):
 
 
 def test_a_run_of_bad_steps_rolls_back_to_the_last_save_with_lower_rates(domains, tmp_path, monkeypatch):
-    config = tiny_fit_config(*domains, steps=12, save_every=4, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=12, save_every=4, sample_every=100))  # resolved: the learning rates are read below
     first_bad = 5  # steps 6..10 go bad: five in a row after the save at step 4
     poison(monkeypatch, "anchor_g_loss", lambda call: first_bad <= call < first_bad + BAD_STEPS_BEFORE_ROLLBACK)
     messages: list[str] = []
@@ -100,7 +102,7 @@ def test_a_run_of_bad_steps_rolls_back_to_the_last_save_with_lower_rates(domains
 
 
 def test_endless_nan_gives_up_with_one_error_and_keeps_the_last_good_state(domains, tmp_path, monkeypatch):
-    config = tiny_fit_config(*domains, steps=60, save_every=2, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=60, save_every=2, sample_every=100))  # resolved: the learning rates are read below
     poison(monkeypatch, "anchor_g_loss", lambda call: call >= 3)  # from step 4 on, forever
     messages: list[str] = []
     with pytest.raises(TravelError, match=f"after {MAX_ROLLBACKS} rollbacks") as caught:
@@ -114,7 +116,7 @@ def test_endless_nan_gives_up_with_one_error_and_keeps_the_last_good_state(domai
 
 def test_weights_that_went_non_finite_are_rolled_back_not_saved(domains, tmp_path, monkeypatch):
     # An update that turns weights into Inf with finite gradients: caught at the save, never written.
-    config = tiny_fit_config(*domains, steps=6, save_every=2, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=6, save_every=2, sample_every=100))  # resolved: the learning rates are read below
     real_step = torch.optim.Adam.step
     calls = []
 
@@ -157,7 +159,7 @@ def test_save_weights_refuses_non_finite_tensors_and_keeps_the_old_file(tmp_path
 
 
 def test_a_second_fit_on_a_locked_run_folder_is_refused(domains, tmp_path):
-    config = tiny_fit_config(*domains, steps=2)
+    config = resolve(tiny_fit_config(*domains, steps=2))  # resolved: the learning rates are read below
     run = tmp_path / "run"
     fit(config, run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -204,7 +206,7 @@ def fill(folder: Path) -> Path:
 
 @pytest.mark.parametrize("fault", ["disk-full", "read-only"])
 def test_a_full_disk_or_read_only_folder_while_saving(domains, small_disk, fault):
-    config = tiny_fit_config(*domains, steps=6, save_every=2, sample_every=2)
+    config = resolve(tiny_fit_config(*domains, steps=6, save_every=2, sample_every=2))  # resolved: the learning rates are read below
     run = small_disk / "run"
     fit(replace(config, train=replace(config.train, steps=2)), run)
     saved = {name: (run / name).read_bytes() for name in (STATE_FILE, "tiny.safetensors")}
@@ -396,7 +398,7 @@ def test_sigkill_at_random_moments_loses_at_most_save_every_steps(tmp_path, requ
 
 
 def test_skips_are_counted_on_the_device_and_reported_at_the_next_log_step(domains, tmp_path, monkeypatch):
-    config = tiny_fit_config(*domains, steps=8, log_every=4, save_every=8, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=8, log_every=4, save_every=8, sample_every=100))  # resolved: the learning rates are read below
     poison(monkeypatch, "anchor_g_loss", lambda call: call in (1, 2))  # steps 2 and 3
     messages: list[str] = []
     fit(config, tmp_path / "run", message_fn=messages.append)
@@ -408,7 +410,7 @@ def test_skips_are_counted_on_the_device_and_reported_at_the_next_log_step(domai
 
 
 def test_a_run_of_bad_steps_between_log_steps_rolls_back_at_the_next_check(domains, tmp_path, monkeypatch):
-    config = tiny_fit_config(*domains, steps=12, log_every=4, save_every=4, sample_every=100)
+    config = resolve(tiny_fit_config(*domains, steps=12, log_every=4, save_every=4, sample_every=100))  # resolved: the learning rates are read below
     poison(monkeypatch, "anchor_g_loss", lambda call: 4 <= call < 4 + BAD_STEPS_BEFORE_ROLLBACK)  # steps 5..9
     messages: list[str] = []
     result = fit(config, tmp_path / "run", message_fn=messages.append)

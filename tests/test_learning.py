@@ -9,16 +9,16 @@ from PIL import Image
 
 from conftest import draw_shapes
 from travel.checkpoint import load_weights
-from travel.config import DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, LossConfig, ModelConfig, TrainConfig
+from travel.config import DataConfig, DiscriminatorConfig, ProjectedConfig, ScratchConfig, FitConfig, GeneratorConfig, LossConfig, ModelConfig, TrainConfig
 from travel.data import image_to_tensor
-from travel.models import build_generator
+from travel.nets.generator import build_generator
 from travel.train import fit
 
 FAMILIES = {
-    "scratch": dict(discriminator=DiscriminatorConfig(base_channels=8, max_channels=32, depth=3, attention_level=2, vec_len=16),
+    "scratch": dict(discriminator=DiscriminatorConfig(family="scratch", vec_len=16, scratch=ScratchConfig(base_channels=8, max_channels=32, depth=3, attention_level=2)),
                     siamese="shared", loss=LossConfig(), lr_g=1e-4),
     # The projected family with its defaults (FAMILY_DEFAULTS): separate S, TraVeL weight 0.2, lr_G 2e-4.
-    "projected": dict(discriminator=DiscriminatorConfig(family="projected", vec_len=8, resolution=64, head_channels=16),
+    "projected": dict(discriminator=DiscriminatorConfig(family="projected", vec_len=8, projected=ProjectedConfig(resolution=64, head_channels=16)),
                       siamese="separate", loss=LossConfig(travel=0.2), lr_g=2e-4),
 }
 
@@ -37,7 +37,7 @@ def test_short_run_learns_colour_swap(tmp_path, family):
     config = FitConfig(
         name="swap",
         model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4),
+            generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4, warp=False),
             discriminator=settings["discriminator"], siamese=settings["siamese"],
         ),
         loss=settings["loss"],

@@ -20,15 +20,16 @@ from travel.cli import app
 from travel.config import GeneratorConfig
 from travel.errors import ConfigError
 from travel.inference import Translator
-from travel.memory import (
+from travel.inference.memory import (
     MemoryBudgetError, forward_bytes, image_bytes, parse_size, plan_translation,
 )
-from travel.models import Generator, SelfAttention
+from travel.nets.blocks import SelfAttention
+from travel.nets.generator import Generator
 
 # Attention at half resolution, as the shipped models have it: the full attention of a 1600 x 1200 image would
 # hold a 600 x 450 = 270,000-position square score matrix, 290 GB.
-TINY = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(1, 2), norm_groups=4)
-SHIPPED = GeneratorConfig(base_channels=16, max_channels=256, depth=4, attention_levels=(1, 2, 3, 4), norm_groups=8, padding="replicate")
+TINY = GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(1, 2), norm_groups=4, warp=False)
+SHIPPED = GeneratorConfig(base_channels=16, max_channels=256, depth=4, attention_levels=(1, 2, 3, 4), norm_groups=8, padding="replicate", warp=False)
 
 
 def tiny_checkpoint(path: Path) -> Path:
@@ -111,7 +112,7 @@ CHILD = textwrap.dedent(
     from PIL import Image
     import travel.cli
     from travel.inference import Translator
-    from travel.memory import parse_size
+    from travel.inference.memory import parse_size
 
     ckpt, image, budget, limit = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     # Warm every code path first (a pass, tiles, PNG writing), so the libraries they map are in the baseline.

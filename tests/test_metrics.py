@@ -10,7 +10,7 @@ import torch
 
 from conftest import draw_shapes
 from travel.data import image_to_tensor, load_image
-from travel.metrics import (
+from travel.lab.metrics import (
     _group_cut, _group_split_order, fid, kid, l1_distance, nearest_neighbours, retrieval_accuracy, ssim, two_sample_accuracy,
 )
 

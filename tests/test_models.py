@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from travel.config import DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, from_dict, to_dict
+from travel.compat import read_fit_config, read_generator_config
+from travel.config import ScratchConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, from_dict, to_dict
 from travel.errors import ConfigError
-from travel.models import (
-    AttentionContext, Discriminator, Generator, SelfAttention, build_discriminator, build_generator, pad_to_multiple, warp,
-)
+from travel.nets.blocks import AttentionContext, SelfAttention, pad_to_multiple, warp
+from travel.nets.discriminators import build_discriminator
+from travel.nets.discriminators.scratch import ScratchDiscriminator as Discriminator
+from travel.nets.generator import Generator, build_generator
 
 TINY_G = dict(base_channels=8, max_channels=16, norm_groups=4)
-TINY_D = dict(base_channels=8, max_channels=16, vec_len=8)
+
+
+def tiny_d(depth: int, attention_level: int, **kwargs) -> DiscriminatorConfig:
+    """A small scratch discriminator (the family these tests are about)."""
+    encoder = ScratchConfig(base_channels=8, max_channels=16, depth=depth, attention_level=attention_level)
+    return DiscriminatorConfig(family="scratch", vec_len=8, scratch=encoder, **kwargs)
 
 
 def scrambled(generator: Generator, seed: int = 0) -> Generator:
@@ -107,13 +117,13 @@ def test_warp_generator_starts_as_the_identity_and_learns_its_displacement():
     shifted = generator(source)
     assert torch.allclose(shifted[..., :-1], source[..., 1:], atol=1e-4)
     saved = to_dict(cfg)
-    del saved["warp"]
-    assert from_dict(GeneratorConfig, saved).warp is False and not build_generator(from_dict(GeneratorConfig, saved)).flow
+    del saved["warp"]  # a schema-1 file from before the setting (travel.compat)
+    assert read_generator_config(saved, 1).warp is False and not build_generator(read_generator_config(saved, 1)).flow
 
 
 def test_skip_from_beyond_the_depth_is_a_config_error():
     with pytest.raises(ConfigError, match="skip_from"):
-        GeneratorConfig(depth=2, attention_levels=(2,), skip_from=3)
+        GeneratorConfig(depth=2, attention_levels=(2,), skip_from=3, warp=False)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "replicate"])
@@ -135,17 +145,17 @@ def test_replicate_padding_hides_the_border(padding):
 
 def test_saved_configs_without_padding_mean_zeros():
     """Checkpoints written before the setting existed were trained with zero padding."""
-    data = to_dict(GeneratorConfig(padding="replicate"))
-    del data["padding"]
-    assert from_dict(GeneratorConfig, data).padding == "zeros"
-    assert from_dict(GeneratorConfig, data | {"padding": "replicate"}).padding == "replicate"
+    data = to_dict(GeneratorConfig(padding="replicate", warp=False))
+    del data["padding"]  # a schema-1 file from before the setting (travel.compat)
+    assert read_generator_config(data, 1).padding == "zeros"
+    assert read_generator_config(data | {"padding": "replicate"}, 1).padding == "replicate"
     # New configs (the default) use replicate padding; a whole saved run config without the key still means zeros.
-    assert GeneratorConfig().padding == "replicate"
-    saved = to_dict(FitConfig())
+    assert GeneratorConfig(warp=False).padding == "replicate"
+    saved = json.loads((Path(__file__).parent / "data" / "run-355b766" / "old" / "config.json").read_text())
     del saved["model"]["generator"]["padding"]
-    assert from_dict(FitConfig, saved).model.generator.padding == "zeros"
+    assert read_fit_config(saved, 1).model.generator.padding == "zeros"
     with pytest.raises(ConfigError, match="padding"):
-        GeneratorConfig(padding="reflect")
+        GeneratorConfig(padding="reflect", warp=False)
 
 
 def test_generator_rejects_a_wrong_shape():
@@ -233,18 +243,18 @@ def assert_spectral(module: nn.Module) -> int:
 @pytest.mark.parametrize("rotation_head", [False, True])
 @pytest.mark.parametrize("depth, attention_level", [(2, 1), (3, 0), (4, 2)])
 def test_every_discriminator_weight_layer_is_spectrally_normalised(depth, attention_level, rotation_head):
-    disc = build_discriminator(DiscriminatorConfig(depth=depth, attention_level=attention_level, rotation_head=rotation_head, **TINY_D))
+    disc = build_discriminator(tiny_d(depth, attention_level, rotation_head=rotation_head))
     # stem + one conv per level + query/key/value of the attention block + head (+ rotation head)
     expected = 1 + depth + (3 if attention_level else 0) + 1 + (1 if rotation_head else 0)
     assert assert_spectral(disc) == expected
 
 
 def test_separate_siamese_network_is_spectrally_normalised_and_has_its_own_weights():
-    from travel.train import build_nets
+    from travel.train.step import build_nets
 
     model = ModelConfig(
         generator=GeneratorConfig(depth=2, attention_levels=(2,), **TINY_G),
-        discriminator=DiscriminatorConfig(depth=2, attention_level=1, **TINY_D),
+        discriminator=tiny_d(2, 1),
         siamese="separate",
     )
     nets = build_nets(FitConfig(model=model), torch.device("cpu"))
@@ -259,7 +269,7 @@ def test_separate_siamese_network_is_spectrally_normalised_and_has_its_own_weigh
 
 def test_spectral_norm_holds_every_largest_singular_value_near_one():
     torch.manual_seed(0)
-    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, rotation_head=True, **TINY_D)).train()
+    disc = build_discriminator(tiny_d(2, 1, rotation_head=True)).train()
     with torch.no_grad():
         for layer in weight_layers(disc):
             layer.parametrizations.weight.original.mul_(25.0)  # far from norm 1 before normalisation
@@ -273,7 +283,7 @@ def test_spectral_norm_holds_every_largest_singular_value_near_one():
 
 @pytest.mark.parametrize("height, width", [(16, 16), (24, 40), (8, 8)])
 def test_discriminator_shapes(height, width):
-    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, rotation_head=True, **TINY_D))
+    disc = build_discriminator(tiny_d(2, 1, rotation_head=True))
     images = torch.rand(3, 3, height, width) * 2 - 1
     features = disc.features(images)
     assert features.shape == (3, disc.feature_dim)
@@ -282,7 +292,7 @@ def test_discriminator_shapes(height, width):
 
 
 def test_rotation_logits_need_a_rotation_head():
-    disc = build_discriminator(DiscriminatorConfig(depth=2, attention_level=1, **TINY_D))
+    disc = build_discriminator(tiny_d(2, 1))
     with pytest.raises(RuntimeError, match="rotation head"):
         disc.rotation_logits(torch.zeros(1, disc.feature_dim))
 
@@ -290,8 +300,8 @@ def test_rotation_logits_need_a_rotation_head():
 def test_large_maps_attend_to_block_means_exactly_when_blocks_are_constant(monkeypatch):
     """Above MAX_ATTENTION_CONTEXT positions, keys and values are s x s block means, edge blocks weighted by what they
     cover: on a map whose features are constant within each block (edge blocks included) that is the full attention."""
-    import travel.models as models
-    from travel.models import attend, context_pooling
+    import travel.nets.blocks as models
+    from travel.nets.blocks import attend, context_pooling
 
     torch.manual_seed(0)
     attention = SelfAttention(16)
@@ -319,8 +329,8 @@ def test_large_maps_attend_to_block_means_exactly_when_blocks_are_constant(monke
 def test_the_fused_cpu_path_computes_what_the_score_matrix_does(monkeypatch):
     """Above EXPLICIT_ATTENTION_PAIRS the CPU runs SDPA's fused kernel on zero-padded queries and keys (bounded
     memory); it computes the same attention up to float rounding (summation order differs, so a tolerance)."""
-    import travel.models as models
-    from travel.models import attend
+    import travel.nets.blocks as models
+    from travel.nets.blocks import attend
 
     torch.manual_seed(1)
     q, k, v = torch.randn(2, 300, 4), torch.randn(2, 200, 4), torch.randn(2, 200, 32)

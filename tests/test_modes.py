@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from travel.cli import app
 from travel.errors import ConfigError
 from travel.losses import anchor_d_loss
-from travel.modes import (
+from travel.lab.modes import (
     ModeMetrics,
     SeedLinear,
     SeedResult,

@@ -16,13 +16,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import tiny_fit_config
-from travel import backbone
+from travel.nets import backbone
 from travel.checkpoint import load_state, load_weights
 from travel.cli import app
-from travel.config import DiscriminatorConfig, FitConfig
+from travel.config import DiscriminatorConfig, ProjectedConfig, ScratchConfig, FitConfig
 from travel.data import image_to_tensor
 from travel.losses import anchor_d_loss, anchor_g_loss, per_image, pooled_embedding
-from travel.projected import ProjectedDiscriminator, ProjectedEmbedding, RandomMixing, frozen_state
+from travel.nets.discriminators.projected import ProjectedDiscriminator, ProjectedEmbedding, RandomMixing, frozen_state
 from travel.train import fit
 
 DATA = Path(__file__).parent / "data"
@@ -31,7 +31,7 @@ DATA = Path(__file__).parent / "data"
 def projected_config(source: Path, target: Path, **train_overrides) -> FitConfig:
     """The tiny test config with a projected discriminator: the backbone reads 32 px (patches 8x8 ... 1x1)."""
     config = tiny_fit_config(source, target, **train_overrides)
-    disc = DiscriminatorConfig(family="projected", vec_len=8, resolution=32, head_channels=8)
+    disc = DiscriminatorConfig(family="projected", vec_len=8, projected=ProjectedConfig(resolution=32, head_channels=8))
     return replace(config, model=replace(config.model, discriminator=disc, siamese="separate"),
                    loss=replace(config.loss, travel=0.2))
 
@@ -60,7 +60,7 @@ def test_frozen_backbone_classifies_real_photos(photo, classes):
 
 
 def test_backbone_is_hidden_from_optimizer_state_and_requires_grad():
-    disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, resolution=32, head_channels=4))
+    disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, projected=ProjectedConfig(resolution=32, head_channels=4)))
     disc.requires_grad_(True).train()  # what the training loop does between steps
     hidden = list(disc.backbone.net.parameters())
     assert hidden and not any(p.requires_grad for p in hidden)
@@ -144,20 +144,20 @@ def test_mixing_needs_the_projected_family_and_is_recorded(domains, tmp_path):
     src, dst = domains
     runner = CliRunner()
     base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
-    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["mixing"] == "none"
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["projected"]["mixing"] == "none"
     mixed = json.loads(runner.invoke(app, [*base, "--mixing", "ccm+csm"]).output)
-    assert mixed["model"]["discriminator"]["mixing"] == "ccm+csm"
-    for bad, words in ((["--mixing", "ccm", "--disc", "scratch"], "needs --disc projected"), (["--mixing", "all"], "mixing must be one of")):
+    assert mixed["model"]["discriminator"]["projected"]["mixing"] == "ccm+csm"
+    for bad, words in ((["--mixing", "ccm", "--disc", "scratch"], "needs the projected family"), (["--mixing", "all"], "--mixing: 'all' is not one of")):
         result = runner.invoke(app, [*base, *bad])
         assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
     # A short fit with the mixing: the discriminator's trainable state holds only the heads, and resume reloads it.
     config = projected_config(src, dst, steps=2, save_every=1)
-    disc = replace(config.model.discriminator, mixing="ccm+csm")
+    disc = replace(config.model.discriminator, projected=replace(config.model.discriminator.projected, mixing="ccm+csm"))
     config = replace(config, model=replace(config.model, discriminator=disc))
     result = fit(config, tmp_path / "run")
     state = load_state(result.run_dir)
     assert not any("ccm" in k or "csm" in k for k in state["discriminator"])
-    assert json.loads(state["config"])["model"]["discriminator"]["mixing"] == "ccm+csm"
+    assert json.loads(state["config"])["model"]["discriminator"]["projected"]["mixing"] == "ccm+csm"
     resumed = fit(replace(config, train=replace(config.train, steps=3)), tmp_path / "run", resume=True)
     assert resumed.step == 3 and not resumed.interrupted
 
@@ -165,11 +165,10 @@ def test_mixing_needs_the_projected_family_and_is_recorded(domains, tmp_path):
 def test_pixel_branch_is_one_more_patch_of_its_weight():
     # The pixel-space branch is the scratch encoder on the image as it is, appended as patch P + 1 of weight w:
     # the per-image loss is the heads' loss plus w times the branch's own anchor loss, computed here apart.
-    cfg = DiscriminatorConfig(family="projected", vec_len=4, resolution=32, head_channels=4, base_channels=4, depth=2,
-                              attention_level=1, pixel_weight=0.5)
+    cfg = DiscriminatorConfig(family="projected", vec_len=4, scratch=ScratchConfig(base_channels=4, depth=2, attention_level=1), projected=ProjectedConfig(resolution=32, head_channels=4, pixel_weight=0.5))
     torch.manual_seed(0)
     disc = ProjectedDiscriminator(cfg)
-    plain = ProjectedDiscriminator(replace(cfg, pixel_weight=0.0))
+    plain = ProjectedDiscriminator(replace(cfg, projected=replace(cfg.projected, pixel_weight=0.0)))
     plain.load_state_dict({k: v for k, v in disc.state_dict().items() if not k.startswith("pixel.")})
     disc.eval(), plain.eval()  # spectral norm's power iteration would otherwise step on every call
     real, fake = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
@@ -203,16 +202,17 @@ def test_pixel_weight_needs_the_projected_family_trains_the_branch_and_resumes(d
     src, dst = domains
     runner = CliRunner()
     base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
-    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["pixel_weight"] == 0.0
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["projected"]["pixel_weight"] == 0.0
     chosen = json.loads(runner.invoke(app, [*base, "--pixel-weight", "1"]).output)
-    assert chosen["model"]["discriminator"]["pixel_weight"] == 1.0
-    for bad, words in ((["--pixel-weight", "1", "--disc", "scratch"], "needs --disc projected"),
-                       (["--pixel-weight", "-1"], "pixel_weight must be >= 0")):
+    assert chosen["model"]["discriminator"]["projected"]["pixel_weight"] == 1.0
+    for bad, words in ((["--pixel-weight", "1", "--disc", "scratch"], "needs the projected family"),
+                       (["--pixel-weight", "-1"], "--pixel-weight: must be >= 0")):
         result = runner.invoke(app, [*base, *bad])
         assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
     # A short fit: the branch's weights are in D's state and change (it is trained); resume is exact with it.
     config = projected_config(src, dst, steps=4, save_every=2)
-    disc = replace(config.model.discriminator, pixel_weight=1.0, base_channels=4, depth=2, attention_level=1)
+    disc = replace(config.model.discriminator, projected=replace(config.model.discriminator.projected, pixel_weight=1.0),
+                   scratch=ScratchConfig(base_channels=4, depth=2, attention_level=1))
     config = replace(config, model=replace(config.model, discriminator=disc))
     straight = fit(config, tmp_path / "straight")
     fit(replace(config, train=replace(config.train, steps=2)), tmp_path / "resumed")
@@ -224,7 +224,7 @@ def test_pixel_weight_needs_the_projected_family_trains_the_branch_and_resumes(d
     for part in ("generator", "discriminator", "siamese", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
-    assert json.loads(b["config"])["model"]["discriminator"]["pixel_weight"] == 1.0
+    assert json.loads(b["config"])["model"]["discriminator"]["projected"]["pixel_weight"] == 1.0
     # benchmarks/disc_probe.py reads the run back and reports the heads and the branch apart.
     spec = importlib.util.spec_from_file_location("disc_probe", Path(__file__).parents[1] / "benchmarks" / "disc_probe.py")
     disc_probe = importlib.util.module_from_spec(spec)
@@ -243,23 +243,23 @@ def test_d_resolution_sizes_the_backbone_input_and_needs_the_projected_family(do
     src, dst = domains
     runner = CliRunner()
     base = ["fit", "--src", str(src), "--dst", str(dst), "--size", "16", "--dry-run"]
-    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["resolution"] == 128  # 16 px upsampled
+    assert json.loads(runner.invoke(app, base).output)["model"]["discriminator"]["projected"]["resolution"] == 128  # 16 px upsampled
     chosen = json.loads(runner.invoke(app, [*base, "--d-resolution", "64"]).output)["model"]["discriminator"]
-    assert chosen["resolution"] == 64
-    for bad, words in ((["--d-resolution", "64", "--disc", "scratch"], "needs --disc projected"),
+    assert chosen["projected"]["resolution"] == 64
+    for bad, words in ((["--d-resolution", "64", "--disc", "scratch"], "needs the projected family"),
                        (["--d-resolution", "100"], "multiple of 32")):
         result = runner.invoke(app, [*base, *bad])
         assert result.exit_code == 2 and words in result.output.strip().splitlines()[-1], result.output
     # The side really reaches the backbone: D's patch grid is the resolution's (sides r/4 .. r/32 at the 4 scales).
     image = torch.zeros(1, 3, 16, 16)
     for side in (64, 128):
-        disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, resolution=side, head_channels=8))
+        disc = ProjectedDiscriminator(DiscriminatorConfig(family="projected", vec_len=4, projected=ProjectedConfig(resolution=side, head_channels=8)))
         with torch.no_grad():
             assert disc(image).shape == (1, sum((side // 2 ** (s + 2)) ** 2 for s in range(4)), 4)
 
 
 def test_separate_embedding_is_a_head_on_frozen_features():
-    s = ProjectedEmbedding(DiscriminatorConfig(family="projected", vec_len=6, resolution=32))
+    s = ProjectedEmbedding(DiscriminatorConfig(family="projected", vec_len=6, projected=ProjectedConfig(resolution=32)))
     assert [name for name, _ in s.named_parameters()] == ["head.bias", "head.parametrizations.weight.original"]
     assert s(torch.zeros(3, 3, 16, 16)).shape == (3, 6)
 
@@ -308,7 +308,7 @@ def test_cli_records_the_family_and_its_defaults(domains):
     projected = json.loads(runner.invoke(app, base).output)  # the default family
     scratch = json.loads(runner.invoke(app, [*base, "--disc", "scratch"]).output)
     assert projected["model"]["discriminator"]["family"] == "projected"
-    assert projected["model"]["discriminator"]["resolution"] == 128  # 64 px crops are read upsampled
+    assert projected["model"]["discriminator"]["projected"]["resolution"] == 128  # 64 px crops are read upsampled
     assert (projected["model"]["siamese"], projected["loss"]["travel"], projected["train"]["lr_g"]) == ("separate", 0.2, 2e-4)
     assert projected["model"]["discriminator"]["vec_len"] == 32
     assert scratch["model"]["discriminator"]["family"] == "scratch"
@@ -319,17 +319,19 @@ def test_cli_records_the_family_and_its_defaults(domains):
 
 
 def test_configs_saved_before_the_family_existed_are_scratch():
-    from travel.config import from_dict, to_dict
+    from travel.compat import read_run_config
 
-    saved = to_dict(DiscriminatorConfig())
-    del saved["family"], saved["resolution"], saved["head_channels"], saved["mixing"], saved["pixel_weight"]
-    loaded = from_dict(DiscriminatorConfig, saved)
-    assert loaded.family == "scratch" and loaded.mixing == "none" and loaded.pixel_weight == 0.0
+    # A real schema-1 run folder from before the family (tests/data/run-355b766): flat discriminator, no family key.
+    saved = (Path(__file__).parent / "data" / "run-355b766" / "old" / "config.json").read_text()
+    assert '"family"' not in saved and '"mixing"' not in saved
+    loaded = read_run_config(saved).model.discriminator
+    assert loaded.family == "scratch" and loaded.projected.mixing == "none" and loaded.projected.pixel_weight == 0.0
+    assert (loaded.scratch.base_channels, loaded.scratch.depth, loaded.scratch.attention_level) == (4, 2, 1)
 
 
-@pytest.mark.parametrize("module", ["travel.inference", "travel.export", "travel.cli"])
+@pytest.mark.parametrize("module", ["travel.inference", "travel.inference.export", "travel.cli"])
 def test_translation_and_export_never_import_timm(module):
-    code = f"import sys, {module}; print(sorted(m for m in ('timm', 'travel.projected', 'travel.backbone') if m in sys.modules))"
+    code = f"import sys, {module}; print(sorted(m for m in ('timm', 'travel.nets.discriminators.projected', 'travel.nets.backbone') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
 
@@ -355,7 +357,7 @@ def test_rotation_and_self_conditioning_run_with_the_projected_family(domains, t
     from travel.config import ClusterConfig
 
     config = replace(config, model=replace(config.model, generator=generator, discriminator=disc),
-                     loss=replace(config.loss, rotation_d=1.0), clusters=ClusterConfig(clusters=2, recluster_every=1, subset=8))
+                     loss=replace(config.loss, rotation=True, rotation_d=1.0), clusters=ClusterConfig(clusters=2, recluster_every=1, subset=8))
     result = fit(config, tmp_path / "run")
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("rot_d" in m and "rot_g" in m for m in metrics)

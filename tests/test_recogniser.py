@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from travel.cli import app
 from travel.data import image_to_tensor
-from travel.datasets import build_glyphs, load_font, render_glyph
+from travel.lab.datasets import build_glyphs, load_font, render_glyph
 from travel.errors import TravelError
-from travel.evaluate import load_square
-from travel.recogniser import augment, load_recogniser, render_set, save_recogniser, to_grey, train_recogniser
+from travel.lab.evaluate import load_square
+from travel.lab.recogniser import augment, load_recogniser, render_set, save_recogniser, to_grey, train_recogniser
 
 CHARS = "ABCDEFGH"
 DEJAVU_SERIF = Path("/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf")
@@ -121,8 +121,8 @@ def test_eval_reports_recognition_with_its_ceiling(recogniser, aileron, tmp_path
 def test_backbone_kid_is_lower_for_the_targets_themselves():
     import numpy as np
 
-    from travel.evaluate import BackboneFeatures, feature_retrieval
-    from travel.metrics import kid
+    from travel.lab.evaluate import BackboneFeatures, feature_retrieval
+    from travel.lab.metrics import kid
 
     torch.manual_seed(0)
     target = torch.rand(12, 3, 32, 32) * 2 - 1

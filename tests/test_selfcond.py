@@ -8,9 +8,9 @@ from PIL import Image
 
 from conftest import draw_shapes, styled_fit_config, stripe_ink
 from travel.checkpoint import load_state, load_weights
-from travel.clustering import normalized_mutual_information, purity
+from travel.train.clustering import normalized_mutual_information, purity
 from travel.config import (
-    ClusterConfig, DataConfig, DiscriminatorConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
+    ClusterConfig, DataConfig, DiscriminatorConfig, ProjectedConfig, ScratchConfig, FitConfig, GeneratorConfig, ModelConfig, TrainConfig,
 )
 from travel.data import find_images, image_to_tensor
 from travel.train import fit
@@ -27,8 +27,8 @@ def test_clusters_match_substyles_and_styles_are_followed(tmp_path):
     config = FitConfig(
         name="styles",
         model=ModelConfig(
-            generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4, num_styles=3),
-            discriminator=DiscriminatorConfig(base_channels=8, max_channels=32, depth=3, attention_level=2, vec_len=16),
+            generator=GeneratorConfig(base_channels=8, max_channels=32, depth=3, attention_levels=(3,), norm_groups=4, num_styles=3, warp=False),
+            discriminator=DiscriminatorConfig(family="scratch", vec_len=16, scratch=ScratchConfig(base_channels=8, max_channels=32, depth=3, attention_level=2)),
         ),
         clusters=ClusterConfig(clusters=3, recluster_every=100),
         data=DataConfig(source=str(tmp_path / "source"), target=str(tmp_path / "target"), load_size=32, crop_size=32),
@@ -70,10 +70,10 @@ def test_clusters_match_substyles_and_styles_are_followed(tmp_path):
 def _tiny_styled_weights(tmp_path, frequencies):
     """A 3-style generator saved with given style frequencies (untrained, with its head made non-zero)."""
     from travel.checkpoint import save_weights
-    from travel.models import build_generator
+    from travel.nets.generator import build_generator
 
     torch.manual_seed(0)
-    generator = build_generator(GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=3))
+    generator = build_generator(GeneratorConfig(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, num_styles=3, warp=False))
     torch.nn.init.normal_(generator.head.weight, std=0.5)  # so styles give different outputs
     path = tmp_path / "styled.safetensors"
     save_weights(path, generator, source_domain="a", target_domain="b", image_size=16,

@@ -14,9 +14,12 @@ from safetensors import safe_open
 import travel
 from conftest import tiny_fit_config
 from travel.checkpoint import STATE_FILE, load_state, load_weights
-from travel.config import SCHEMA_VERSION, ClusterConfig, FitConfig, GeneratorConfig, LossConfig, from_dict
+from travel.compat import read_run_config
+from travel.config import resolve, SCHEMA_VERSION, ClusterConfig, FitConfig, GeneratorConfig, LossConfig, from_dict
 from travel.errors import CheckpointError, ConfigError
-from travel.train import ema_step, fit, resume_config, rotate_batch, truncate_metrics
+from travel.train import fit, resume_config
+from travel.train.run import truncate_metrics
+from travel.train.step import ema_step, rotate_batch
 
 LOSS_KEYS = {"d_real", "d_fake", "d_total", "travel_cos", "travel_dist", "margin", "g_adv", "g_travel_cos",
              "g_travel_dist", "g_total"}
@@ -45,7 +48,7 @@ def test_fit_writes_metrics_weights_with_metadata_and_a_safe_state(tiny_config, 
     assert result.metrics == {k: v for k, v in metrics[-1].items() if k not in ("step", "time")}
 
     # config.json holds the whole run config, so `fit --resume` needs no flags.
-    assert from_dict(FitConfig, json.loads((run / "config.json").read_text())) == tiny_config
+    assert read_run_config((run / "config.json").read_text()) == resolve(tiny_config)  # resolved: no None left
 
     # Release weights (docs/METHOD.md, "Files and formats"): format, versions, model config, domains, size, summary.
     with safe_open(str(run / "tiny.safetensors"), framework="pt") as handle:
@@ -54,7 +57,7 @@ def test_fit_writes_metrics_weights_with_metadata_and_a_safe_state(tiny_config, 
     assert metadata["format"] == "travel-generator"
     assert metadata["travel_version"] == travel.__version__
     assert metadata["schema_version"] == str(SCHEMA_VERSION)
-    assert from_dict(GeneratorConfig, json.loads(metadata["model_config"])) == tiny_config.model.generator
+    assert from_dict(GeneratorConfig, json.loads(metadata["model_config"])) == resolve(tiny_config).model.generator
     assert (metadata["source_domain"], metadata["target_domain"], metadata["image_size"]) == ("red", "blue", "16")
     summary = json.loads(metadata["summary"])
     assert summary["steps"] == 4 and summary["batch_size"] == 2 and summary["images_seen"] == 8
@@ -65,7 +68,7 @@ def test_fit_writes_metrics_weights_with_metadata_and_a_safe_state(tiny_config, 
     # The released generator is the EMA one, and it rebuilds from the metadata alone.
     state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=True)
     weights = load_weights(run / "tiny.safetensors")
-    assert weights.config == tiny_config.model.generator
+    assert weights.config == resolve(tiny_config).model.generator
     for key, tensor in state["ema"].items():
         assert torch.equal(weights.state[key], tensor), key
     assert any(not torch.equal(state["ema"][k], state["generator"][k]) for k in state["ema"])
@@ -82,7 +85,7 @@ def test_fit_with_rotation_r1_and_a_separate_siamese_network(domains, tmp_path):
         config,
         model=replace(config.model, siamese="separate",
                       discriminator=replace(config.model.discriminator, rotation_head=True)),
-        loss=LossConfig(rotation_d=1.0, rotation_g=0.2, r1_gamma=1.0),
+        loss=LossConfig(rotation=True, rotation_d=1.0, rotation_g=0.2, r1_gamma=1.0),
     )
     fit(config, tmp_path / "run")
     metrics = read_metrics(tmp_path / "run")
@@ -140,7 +143,7 @@ VARIANTS = {
     "workers2": lambda c: replace(c, data=replace(c.data, workers=2)),
     "rotation-r1": lambda c: replace(
         c, model=replace(c.model, discriminator=replace(c.model.discriminator, rotation_head=True)),
-        loss=LossConfig(rotation_d=1.0, r1_gamma=1.0),
+        loss=LossConfig(rotation=True, rotation_d=1.0, r1_gamma=1.0),
     ),
     "self-conditioned": with_clusters,
 }
@@ -173,7 +176,7 @@ def test_resume_with_more_steps_matches_an_uninterrupted_run(domains, tmp_path):
     fit(config, tmp_path / "full")
     fit(replace(config, train=replace(config.train, steps=3)), tmp_path / "part")
     extended = resume_config(tmp_path / "part", steps=5)
-    assert extended == config
+    assert extended == resolve(config)
     assert fit(extended, tmp_path / "part", resume=True).step == 5
     full, part = load_state(tmp_path / "full"), load_state(tmp_path / "part")
     for key in ("generator", "discriminator", "ema", "opt_g", "opt_d", "rng_cpu", "rng_python", "step"):
@@ -267,7 +270,7 @@ def test_training_steps_read_nothing_back_between_log_and_save_steps(domains, tm
 
     from torch.overrides import TorchFunctionMode
 
-    import travel.train as train_module
+    import travel.train.step as train_module
 
     reads_names = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy"}
     steps = 5

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import travel.inference as inference
+import travel.inference.translator as inference
 from conftest import draw_shapes, tiny_fit_config
 from travel.checkpoint import save_weights
 from travel.cli import app
@@ -27,7 +27,8 @@ from travel.config import GeneratorConfig
 from travel.data import DEFAULT_MAX_PIXELS
 from travel.errors import CheckpointError, ConfigError
 from travel.inference import Translator, blend_windows, check_tiling, tile_spans
-from travel.models import Generator, SelfAttention
+from travel.nets.blocks import SelfAttention
+from travel.nets.generator import Generator
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4)  # multiple of 4

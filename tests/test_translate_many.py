@@ -17,7 +17,7 @@ import travel.data
 from travel.checkpoint import save_weights
 from travel.cli import app
 from travel.config import GeneratorConfig
-from travel.models import Generator
+from travel.nets.generator import Generator
 
 COUNT = 2000  # good images
 SIDE = 64  # pixels; big enough that keeping every result would show (see RSS_GROWTH_LIMIT)

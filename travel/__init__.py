@@ -5,9 +5,12 @@ DEFAULT_CHECKPOINT = "emoji3d"  # shipped in weights/: what `travel translate` a
 
 # Heavy modules load on first use, so `import travel` and `travel translate` start fast.
 _LAZY = {
-    "fit": "travel.train",
+    "fit": "travel.api",
+    "fit_config": "travel.api",
+    "resume": "travel.api",
     "resume_config": "travel.train",
     "FitResult": "travel.train",
+    "resolve": "travel.config",
     "Translator": "travel.inference",
     "FitConfig": "travel.config",
     "ModelConfig": "travel.config",

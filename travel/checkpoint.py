@@ -17,9 +17,10 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from travel import __version__
-from travel.config import SCHEMA_VERSION, FitConfig, GeneratorConfig, from_dict, to_dict
+from travel.compat import SUPPORTED_SCHEMAS, read_fit_config, read_generator_config, read_run_config
+from travel.config import SCHEMA_VERSION, FitConfig, GeneratorConfig, to_dict
 from travel.errors import CheckpointError, ConfigError, TravelError, WriteError
-from travel.models import Generator, build_generator
+from travel.nets.generator import Generator, build_generator
 
 WEIGHTS_FORMAT = "travel-generator"
 STATE_FILE = "state.pt"
@@ -210,7 +211,7 @@ def load_weights(path: str | Path) -> Weights:
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: damaged weights ({str(exc).splitlines()[0]})") from None
     try:
-        config = from_dict(GeneratorConfig, json.loads(metadata["model_config"]))
+        config = read_generator_config(json.loads(metadata["model_config"]), int(metadata["schema_version"]))
     except (json.JSONDecodeError, ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path}: bad model_config in metadata ({exc})") from None
     expected = build_generator(config).state_dict()
@@ -261,9 +262,10 @@ def read_metadata(data: bytes, *, name: str) -> dict[str, str]:
     if sum(len(v) for v in metadata.values()) > MAX_METADATA_CHARS:
         raise CheckpointError(f"{name}: metadata is implausibly large")
     version = metadata.get("schema_version", "")
-    if version != str(SCHEMA_VERSION):
+    if version not in {str(v) for v in SUPPORTED_SCHEMAS}:
         raise CheckpointError(
-            f"{name}: checkpoint schema version {version[:20]!r} is not supported by travel {__version__} (expects {SCHEMA_VERSION})"
+            f"{name}: checkpoint schema version {version[:20]!r} is not supported by travel {__version__} "
+            f"(reads {', '.join(map(str, SUPPORTED_SCHEMAS))})"
         )
     if "model_config" not in metadata:
         raise CheckpointError(f"{name}: metadata has no model_config")
@@ -298,16 +300,24 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: damaged or untrusted resume state ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or state.get("format") != "travel-state" or "config" not in state:
         raise CheckpointError(f"{path}: not a travel resume state")
-    if state.get("schema_version") != SCHEMA_VERSION:
+    if state.get("schema_version") not in SUPPORTED_SCHEMAS:
         raise CheckpointError(f"{path}: resume state schema {state.get('schema_version')!r} is not supported")
     return state
+
+
+def state_config(state: dict[str, Any], *, name: str) -> FitConfig:
+    """The FitConfig a resume state (load_state) was saved with, upgraded to today's schema."""
+    try:
+        return read_fit_config(json.loads(state["config"]), state["schema_version"])
+    except (json.JSONDecodeError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{name}: unreadable config in the resume state ({exc})") from None
 
 
 def load_run_config(run_dir: str | Path) -> FitConfig:
     path = Path(run_dir) / "config.json"
     try:
-        return from_dict(FitConfig, json.loads(path.read_text()))
+        return read_run_config(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{run_dir}: not a run folder (no config.json)") from None
-    except (json.JSONDecodeError, ConfigError) as exc:
+    except ConfigError as exc:
         raise CheckpointError(f"{path}: unreadable run config ({exc})") from None

@@ -1,4 +1,11 @@
-"""Frozen configuration dataclasses: the architecture (saved with the weights) kept apart from run settings."""
+"""Frozen configuration dataclasses: the architecture (saved with the weights) kept apart from run settings.
+
+Their defaults are the product's defaults: `FitConfig(data=DataConfig(source=A, target=B))` trains what
+`travel fit --src A --dst B` trains. A field whose default is None is resolved from the discriminator family or the
+training crop by `resolve`, the one function the command line, the Python API and `travel bench speed` all call;
+a resolved config (what run folders and weights hold) has no None left. How older saved configs read is
+travel.compat's business, not these classes'.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,23 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from travel.errors import ConfigError
 
-SCHEMA_VERSION = 1  # bump when the meaning of a saved config or weight name changes
+SCHEMA_VERSION = 2  # bump when the meaning of a saved config or weight name changes; travel.compat reads older ones
 
 # Width at full resolution of the default model. 16 rather than 32: at the same steps 32 channels was no
 # better on the glyph benchmark (docs/BENCHMARKS.md, "Default width") and trains half as fast on a CPU.
-# Saved configs always carry their width, so this changes new runs only.
 DEFAULT_CHANNELS = 16
-# What G's 3x3 convolutions see beyond the border in new runs. Zero padding tells every layer where the border is,
-# and the emoji models used that to paint a 1-2 px frame; replicate padding hides the border. At the same budget
-# it removed the frame (emoji L1 0.1765 -> 0.1415) and was no worse on glyphs, for about 10% of the training
-# speed at 256 px on a CPU (docs/BENCHMARKS.md, "Border frames").
-# Saved configs without the key were trained with zeros and load so (GeneratorConfig.padding's "absent").
+# What G's 3x3 convolutions see beyond the border. Zero padding tells every layer where the border is, and the
+# emoji models used that to paint a 1-2 px frame; replicate padding hides the border. At the same budget it removed
+# the frame (emoji L1 0.1765 -> 0.1415) and was no worse on glyphs, for about 10% of the training speed at 256 px on
+# a CPU (docs/BENCHMARKS.md, "Border frames").
 DEFAULT_PADDING = "replicate"
-MIXING = ("none", "ccm", "ccm+csm")  # DiscriminatorConfig.mixing: the projected family's feature mixing
+MIXING = ("none", "ccm", "ccm+csm")  # ProjectedConfig.mixing
+FAMILIES = ("projected", "scratch")  # discriminator families (travel.nets.discriminators holds their networks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,34 +44,34 @@ class GeneratorConfig:
     base_channels: int = DEFAULT_CHANNELS  # width at full resolution; doubles at each level
     max_channels: int = 256  # width cap for the deep levels
     depth: int = 4  # number of stride-2 downsamplings; inputs are padded to a multiple of 2**depth
-    attention_levels: tuple[int, ...] = (3, 4)  # levels (1 = half resolution) with self-attention
+    # Levels (1 = half resolution) with self-attention. None: the levels at most 32 px on a side at the training crop.
+    attention_levels: tuple[int, ...] | None = None
     norm_groups: int = 8  # group normalisation groups (capped by the channel count)
-    num_styles: int = 0  # > 0: decoder norms are conditioned on a style (cluster) id
+    num_styles: int = 0  # > 0: decoder norms are conditioned on a style (cluster) id; resolve sets the cluster count
     residual: bool = True  # output tanh(atanh(source) + head): starts as the identity, learns the change
-    # What the 3x3 convolutions see beyond the border (DEFAULT_PADDING above). A saved config without this key
-    # predates the setting, was trained with zeros, and loads with zeros.
-    padding: Literal["zeros", "replicate"] = field(default=DEFAULT_PADDING, metadata={"absent": "zeros"})  # type: ignore[assignment]
+    padding: Literal["zeros", "replicate"] = DEFAULT_PADDING  # type: ignore[assignment]  # beyond the border
     # U-Net skips come from levels skip_from..depth-1 only: 0 keeps every skip; 1 drops the full-resolution one, so
     # the decoder redraws strokes from half-resolution features (the residual output still adds the input).
     skip_from: int = 0
     # A learned displacement field, refined coarse to fine at every decoder level, moves each skip's features and
     # the residual's input before they are used: G can move strokes instead of only repainting them in place. The
     # field is in full-resolution pixels (the same displacement at any image size) and starts at zero.
-    warp: bool = False
+    warp: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.channels in (1, 3), f"generator channels must be 1 or 3, got {self.channels}")
-        _check(self.base_channels >= 4, f"generator base_channels must be >= 4, got {self.base_channels}")
-        _check(self.max_channels >= self.base_channels, "generator max_channels must be >= base_channels")
-        _check(1 <= self.depth <= 8, f"generator depth must be in 1..8, got {self.depth}")
+        where = "GeneratorConfig"
+        _check(self.channels in (1, 3), f"image channels must be 1 or 3, got {self.channels}", f"{where}.channels")
+        _check(self.base_channels >= 4, f"must be >= 4, got {self.base_channels}", f"{where}.base_channels")
+        _check(self.max_channels >= self.base_channels, "must be >= base_channels", f"{where}.max_channels")
+        _check(1 <= self.depth <= 8, f"must be in 1..8, got {self.depth}", f"{where}.depth")
         _check(
-            all(1 <= lvl <= self.depth for lvl in self.attention_levels),
-            f"attention_levels {self.attention_levels} must lie in 1..depth={self.depth}",
+            self.attention_levels is None or all(1 <= lvl <= self.depth for lvl in self.attention_levels),
+            f"{self.attention_levels} must lie in 1..depth={self.depth}", f"{where}.attention_levels",
         )
-        _check(self.norm_groups >= 1, "norm_groups must be >= 1")
-        _check(self.num_styles >= 0, "num_styles must be >= 0")
-        _check(self.padding in ("zeros", "replicate"), f"generator padding must be zeros or replicate, got {self.padding!r}")
-        _check(0 <= self.skip_from <= self.depth, f"generator skip_from must be in 0..depth={self.depth}, got {self.skip_from}")
+        _check(self.norm_groups >= 1, "must be >= 1", f"{where}.norm_groups")
+        _check(self.num_styles >= 0, "must be >= 0", f"{where}.num_styles")
+        _check(self.padding in ("zeros", "replicate"), f"must be zeros or replicate, got {self.padding!r}", f"{where}.padding")
+        _check(0 <= self.skip_from <= self.depth, f"must be in 0..depth={self.depth}, got {self.skip_from}", f"{where}.skip_from")
 
     def width(self, level: int) -> int:
         """Channels at `level` (0 = full resolution)."""
@@ -78,65 +84,91 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
-    """Spectrally normalised Siamese encoder emitting a vector of length vec_len (one per patch and scale when projected).
+class ScratchConfig:
+    """The spectrally normalised pixel-space encoder: the scratch family's discriminator, and the projected family's
+    pixel branch (ProjectedConfig.pixel_weight)."""
 
-    Two families: `scratch` (travel.models.Discriminator: a small SN encoder trained from scratch, one vector per
-    image) and `projected` (travel.projected: frozen ImageNet EfficientNet-Lite0 features, trainable SN heads at 4
-    scales emitting a vector per patch). base_channels, max_channels, depth and attention_level shape the scratch
-    encoder only; resolution and head_channels the projected heads only.
-    """
-
-    # A saved config without this key predates the projected family and was a scratch discriminator.
-    family: Literal["scratch", "projected"] = field(default="scratch", metadata={"absent": "scratch"})  # type: ignore[assignment]
-    channels: int = 3
     base_channels: int = DEFAULT_CHANNELS
     max_channels: int = 256
     depth: int = 4  # stride-2 downsamplings before global pooling
-    attention_level: int = 2  # level with a self-attention block (0 = none)
-    vec_len: int = 128  # length of the emitted vector (L in docs/METHOD.md)
-    rotation_head: bool = False  # 4-way rotation classifier on the pooled features (SS-GAN)
-    resolution: int = 128  # projected: images are resized to this side before the backbone (64 px reads far better at 128)
-    head_channels: int = 64  # projected: width of each scale's 3x3 head convolution
-    # projected: Projected GAN's fixed random mixing of the backbone's features before the heads: "ccm" mixes channels
-    # (a random 1x1 conv per scale), "ccm+csm" also mixes scales (deeper maps, upsampled, added to shallower ones).
-    mixing: Literal["none", "ccm", "ccm+csm"] = field(default="none", metadata={"absent": "none"})  # type: ignore[assignment]
-    # projected: weight of a pixel-space branch beside the frozen-feature heads (0 = none): the scratch encoder
-    # (shaped by base_channels, max_channels, depth, attention_level), trained from scratch on the images as they
-    # are, its one vector per image judged with the same anchor loss as one more "patch" of this weight.
-    pixel_weight: float = field(default=0.0, metadata={"absent": 0.0})
+    # Level with a self-attention block (0 = none). None: the first level at most 32 px on a side at the training crop.
+    attention_level: int | None = None
 
     def __post_init__(self) -> None:
-        _check(self.family in ("scratch", "projected"), f"discriminator family must be scratch or projected, got {self.family!r}")
-        _check(self.resolution >= 32 and self.resolution % 32 == 0,
-               f"projected resolution must be a multiple of 32 (the backbone's stride), got {self.resolution}")
-        _check(self.head_channels >= 1, "head_channels must be >= 1")
-        _check(self.mixing in MIXING, f"mixing must be one of {', '.join(MIXING)}, got {self.mixing!r}")
-        _check(self.pixel_weight >= 0, f"pixel_weight must be >= 0, got {self.pixel_weight}")
-        _check(self.pixel_weight == 0 or self.family == "projected",
-               "a pixel-space branch (pixel_weight) needs the projected family (the scratch one is pixel-space already)")
-        _check(self.channels in (1, 3), f"discriminator channels must be 1 or 3, got {self.channels}")
-        _check(self.base_channels >= 4, "discriminator base_channels must be >= 4")
-        _check(self.max_channels >= self.base_channels, "discriminator max_channels must be >= base_channels")
-        _check(1 <= self.depth <= 8, f"discriminator depth must be in 1..8, got {self.depth}")
-        _check(0 <= self.attention_level <= self.depth, "attention_level must lie in 0..depth")
-        _check(self.vec_len >= 1, f"vec_len must be >= 1, got {self.vec_len}")
+        where = "ScratchConfig"
+        _check(self.base_channels >= 4, f"must be >= 4, got {self.base_channels}", f"{where}.base_channels")
+        _check(self.max_channels >= self.base_channels, "must be >= base_channels", f"{where}.max_channels")
+        _check(1 <= self.depth <= 8, f"must be in 1..8, got {self.depth}", f"{where}.depth")
+        _check(self.attention_level is None or 0 <= self.attention_level <= self.depth,
+               f"must lie in 0..depth={self.depth}, got {self.attention_level}", f"{where}.attention_level")
 
     def width(self, level: int) -> int:
         return min(self.base_channels * 2**level, self.max_channels)
 
 
 @dataclass(frozen=True)
+class ProjectedConfig:
+    """The projected family: frozen ImageNet EfficientNet-Lite0 features, trainable SN heads at 4 scales emitting a
+    vector per patch (docs/METHOD.md, "Projected discriminator")."""
+
+    # The side images are resized to before the backbone. None: at least 128 (64 px reads far better upsampled), else
+    # the crop rounded up to the backbone's stride of 32.
+    resolution: int | None = None
+    head_channels: int = 64  # width of each scale's 3x3 head convolution
+    # Projected GAN's fixed random mixing of the backbone's features before the heads: "ccm" mixes channels (a random
+    # 1x1 conv per scale), "ccm+csm" also mixes scales (deeper maps, upsampled, added to shallower ones).
+    mixing: Literal["none", "ccm", "ccm+csm"] = "none"  # type: ignore[assignment]
+    # Weight of a pixel-space branch beside the frozen-feature heads (0 = none): the scratch encoder (ScratchConfig),
+    # trained from scratch on the images as they are, its one vector per image judged with the same anchor loss as
+    # one more "patch" of this weight.
+    pixel_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        where = "ProjectedConfig"
+        _check(self.resolution is None or (self.resolution >= 32 and self.resolution % 32 == 0),
+               f"must be a multiple of 32 (the backbone's stride), got {self.resolution}", f"{where}.resolution")
+        _check(self.head_channels >= 1, f"must be >= 1, got {self.head_channels}", f"{where}.head_channels")
+        _check(self.mixing in MIXING, f"must be one of {', '.join(MIXING)}, got {self.mixing!r}", f"{where}.mixing")
+        _check(self.pixel_weight >= 0, f"must be >= 0, got {self.pixel_weight}", f"{where}.pixel_weight")
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Spectrally normalised Siamese discriminator emitting vectors of length vec_len, of one family: `projected`
+    (ProjectedConfig) or `scratch` (ScratchConfig). Each family's own settings live in its config."""
+
+    family: Literal["projected", "scratch"] = "projected"  # type: ignore[assignment]
+    channels: int = 3
+    vec_len: int | None = None  # length of each emitted vector (L in docs/METHOD.md). None: the family's
+    rotation_head: bool | None = None  # 4-way rotation classifier on the pooled features (SS-GAN). None: with the rotation loss
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    projected: ProjectedConfig = field(default_factory=ProjectedConfig)
+
+    def __post_init__(self) -> None:
+        where = "DiscriminatorConfig"
+        _check(self.family in FAMILIES, f"must be one of {', '.join(FAMILIES)}, got {self.family!r}", f"{where}.family")
+        _check(self.channels in (1, 3), f"image channels must be 1 or 3, got {self.channels}", f"{where}.channels")
+        _check(self.vec_len is None or self.vec_len >= 1, f"must be >= 1, got {self.vec_len}", f"{where}.vec_len")
+        if self.family != "projected":  # the projected settings a user can set, given to another family
+            _check(self.projected.mixing == "none", "mixes the backbone's features: it needs the projected family",
+                   "ProjectedConfig.mixing")
+            _check(self.projected.pixel_weight == 0,
+                   "is a pixel branch beside the backbone: it needs the projected family (the scratch one is pixel-space already)",
+                   "ProjectedConfig.pixel_weight")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    siamese: Literal["shared", "separate"] = "shared"  # S is D itself, or its own network
+    # S, whose vectors the TraVeL loss compares: D itself ("shared") or its own network. None: the family's.
+    siamese: Literal["shared", "separate"] | None = None
 
     def __post_init__(self) -> None:
-        _check(self.siamese in ("shared", "separate"), f"siamese must be 'shared' or 'separate', got {self.siamese!r}")
+        _check(self.siamese in (None, "shared", "separate"), f"must be shared or separate, got {self.siamese!r}", "ModelConfig.siamese")
         _check(
             self.generator.channels == self.discriminator.channels,
-            "generator and discriminator must agree on image channels",
+            "generator and discriminator must agree on image channels", "DiscriminatorConfig.channels",
         )
 
 
@@ -149,49 +181,51 @@ class LossConfig:
     """Weights of the loss terms (docs/METHOD.md, "Losses")."""
 
     adv: float = 1.0  # lambda_adv: anchor realism loss
-    travel: float = 10.0  # lambda_travel: cosine transformation-vector loss
+    travel: float | None = None  # lambda_travel: cosine transformation-vector loss. None: the family's
     dist: float = 1.0  # lambda_dist: squared-distance part of the TraVeL loss
     margin: float = 1.0  # lambda_margin: keeps S from collapsing
     anchor_margin: float = 1.0  # m: translations are pushed at least this far from the anchor
     delta: float = 1.0  # margin-loss distance between distinct source embeddings
     r1_gamma: float = 0.0  # R1 gradient penalty on real targets (0 = off)
-    rotation_d: float = 0.0  # SS-GAN beta: D's rotation loss on real targets (0 = off; needs a rotation head)
-    rotation_g: float = 0.2  # SS-GAN alpha: G's rotation loss on translations (used when rotation_d > 0)
+    rotation: bool = False  # the self-supervised rotation loss (SS-GAN); D is then built with a rotation head
+    rotation_d: float = 1.0  # SS-GAN beta: D's rotation loss on real targets (with rotation)
+    rotation_g: float = 0.2  # SS-GAN alpha: G's rotation loss on translations (with rotation)
     rotation_g_decay: bool = True  # decay alpha linearly to 0 over training, so G's optimum stays the data's
 
     def __post_init__(self) -> None:
         for name in ("adv", "travel", "dist", "margin", "anchor_margin", "delta", "r1_gamma", "rotation_d", "rotation_g"):
-            _check(getattr(self, name) >= 0, f"loss weight {name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"loss weight must be >= 0, got {value}", f"LossConfig.{name}")
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     """Self-conditioning (docs/METHOD.md, "Self-conditioning"): cluster real targets in D's feature space, condition on the cluster."""
 
-    clusters: int = 0  # K; 0 = off. The generator must be built with num_styles = K
+    clusters: int = 0  # K; 0 = off. The generator is built with num_styles = K
     recluster_every: int = 1000  # steps between k-means runs (warm-started, ids kept by Hungarian matching)
     subset: int = 1000  # at most this many real targets (a fixed, seeded subset) are clustered; the rest are assigned
     anchor_scale: float = 1.0  # anchor c_k = anchor_scale * sqrt(L) * e_k, so anchors lie 2 * scale^2 apart in d
     # What is clustered: "discriminator" = D's pooled trunk features (trained, so reclustered as D learns);
     # "backbone" = channel means and stds of the frozen ImageNet backbone's 4 scales, standardised (style
     # statistics; frozen, so clustered once). Either discriminator family; "backbone" needs the backbone wheel.
-    features: Literal["discriminator", "backbone"] = field(default="discriminator", metadata={"absent": "discriminator"})  # type: ignore[assignment]
+    features: Literal["discriminator", "backbone"] = "discriminator"  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        _check(self.clusters >= 0, f"clusters must be >= 0, got {self.clusters}")
-        _check(self.clusters != 1, "clusters must be 0 (off) or at least 2")
-        _check(self.recluster_every >= 1, "recluster_every must be >= 1")
-        _check(self.subset >= 2, "the clustering subset must hold at least 2 images")
+        where = "ClusterConfig"
+        _check(self.clusters >= 0 and self.clusters != 1, f"must be 0 (off) or at least 2, got {self.clusters}", f"{where}.clusters")
+        _check(self.recluster_every >= 1, "must be >= 1", f"{where}.recluster_every")
+        _check(self.subset >= 2, "the clustering subset must hold at least 2 images", f"{where}.subset")
         _check(self.features in ("discriminator", "backbone"),
-               f"cluster features must be discriminator or backbone, got {self.features!r}")
-        _check(self.anchor_scale > 0, "anchor_scale must be > 0")
+               f"must be discriminator or backbone, got {self.features!r}", f"{where}.features")
+        _check(self.anchor_scale > 0, "must be > 0", f"{where}.anchor_scale")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     source: str = ""  # folder of domain A images
     target: str = ""  # folder of domain B images
-    load_size: int = 143  # shorter side is resized to this before cropping
+    load_size: int | None = None  # shorter side is resized to this before cropping. None: about 1.12 x the crop
     crop_size: int = 128  # training crop (square)
     flip: bool = True  # random horizontal flips
     augment: bool = True  # differentiable augmentation of everything the adversarial loss sees
@@ -202,19 +236,19 @@ class DataConfig:
     cache: bool = False  # keep decoded, resized images in memory
 
     def __post_init__(self) -> None:
-        _check(self.crop_size >= 8, f"crop size must be >= 8, got {self.crop_size}")
+        _check(self.crop_size >= 8, f"crop size must be >= 8, got {self.crop_size}", "DataConfig.crop_size")
         _check(
-            self.load_size >= self.crop_size,
-            f"load size ({self.load_size}) must be >= crop size ({self.crop_size})",
+            self.load_size is None or self.load_size >= self.crop_size,
+            f"load size ({self.load_size}) must be >= crop size ({self.crop_size})", "DataConfig.load_size",
         )
-        _check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        _check(self.workers >= 0, f"must be >= 0, got {self.workers}", "DataConfig.workers")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 10_000  # generator updates
     batch_size: int = 4  # per process; the TraVeL loss needs >= 2 (pairs within the batch)
-    lr_g: float = 1e-4  # TTUR: generator learning rate
+    lr_g: float | None = None  # TTUR: generator learning rate. None: the family's
     lr_d: float = 4e-4  # TTUR: discriminator learning rate
     beta1: float = 0.0  # Adam betas (0.0, 0.9) as in SAGAN / TTUR
     beta2: float = 0.9
@@ -231,16 +265,18 @@ class TrainConfig:
     sample_count: int = 8  # source images in each sample grid
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.batch_size >= 2, f"batch size must be >= 2 (the TraVeL loss compares pairs), got {self.batch_size}")
-        _check(self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0")
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must lie in [0, 1)")
-        _check(self.d_steps >= 1, "d_steps must be >= 1")
-        _check(0 <= self.ema_beta < 1, "ema_beta must lie in [0, 1)")
-        _check(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}")
-        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}")
+        where = "TrainConfig"
+        _check(self.steps >= 1, f"must be >= 1, got {self.steps}", f"{where}.steps")
+        _check(self.batch_size >= 2, f"must be >= 2 (the TraVeL loss compares pairs), got {self.batch_size}", f"{where}.batch_size")
+        _check(self.lr_g is None or self.lr_g > 0, f"must be > 0, got {self.lr_g}", f"{where}.lr_g")
+        _check(self.lr_d > 0, f"must be > 0, got {self.lr_d}", f"{where}.lr_d")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must lie in [0, 1)", f"{where}.beta1")
+        _check(self.d_steps >= 1, "must be >= 1", f"{where}.d_steps")
+        _check(0 <= self.ema_beta < 1, "must lie in [0, 1)", f"{where}.ema_beta")
+        _check(self.device in ("auto", "cpu", "cuda", "mps"), f"unknown device {self.device!r}", f"{where}.device")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"), f"unknown precision {self.precision!r}", f"{where}.precision")
         for name in ("log_every", "sample_every", "save_every", "sample_count"):
-            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+            _check(getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}", f"{where}.{name}")
 
 
 @dataclass(frozen=True)
@@ -253,81 +289,63 @@ class FitConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name, f"bad run name {self.name!r}")
-        _check(
-            self.loss.rotation_d == 0 or self.model.discriminator.rotation_head,
-            "the rotation loss needs a discriminator built with rotation_head=True",
-        )
-        k = self.clusters.clusters
-        _check(
-            self.model.generator.num_styles == k,
-            f"self-conditioning with {k} clusters needs a generator with num_styles={k} (has {self.model.generator.num_styles})",
-        )
-        _check(k <= self.model.discriminator.vec_len, f"clusters ({k}) must not exceed vec_len ({self.model.discriminator.vec_len}): one anchor axis each")
+        _check(bool(self.name) and "/" not in self.name and "\\" not in self.name, f"bad run name {self.name!r}", "FitConfig.name")
 
 
 # ---------------------------------------------------------------------------------------------
-# JSON round trip.
+# Resolution: what depends on the discriminator family or the training crop.
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What a discriminator family sets when the config leaves it None."""
+
+    vec_len: int  # length of each emitted vector
+    siamese: str  # where S lives
+    travel: float  # lambda_travel
+    lr_g: float  # generator learning rate (lr_d is 4e-4 for both)
 
 
-def to_json(config: Any) -> str:
-    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+FAMILY_DEFAULTS = {
+    # The family's first prototype's (docs/METHOD.md, "Projected discriminator"): TraVeL at the scratch weight 10 pins
+    # G to the identity on pretrained features, 0.1-0.2 kept the characters while the brush style arrived; one vector
+    # of 32 per patch; S a separate linear head on the frozen features. docs/BENCHMARKS.md has the measured climb.
+    "projected": FamilyDefaults(vec_len=32, siamese="separate", travel=0.2, lr_g=2e-4),
+    "scratch": FamilyDefaults(vec_len=128, siamese="shared", travel=10.0, lr_g=1e-4),
+}
 
 
-def from_dict(cls: type, data: Any) -> Any:
-    """Rebuild a (nested) config dataclass from a dict; unknown keys are an error, missing keys take defaults."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
-    kwargs = {key: _coerce(hints[key], value, f"{cls.__name__}.{key}") for key, value in data.items()}
-    for f in dataclasses.fields(cls):  # a key older files lack, whose meaning then differs from today's default
-        if f.name not in data and "absent" in f.metadata:
-            kwargs[f.name] = f.metadata["absent"]
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_coerce(typing.get_args(hint)[0], v, where) for v in value)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+def resolve(config: FitConfig) -> FitConfig:
+    """`config` with every None filled from its discriminator family (FAMILY_DEFAULTS) and its training crop, and the
+    settings that must agree checked together. Idempotent; what `travel.fit` trains and a run folder saves."""
+    model, data, crop = config.model, config.data, config.data.crop_size
+    family = FAMILY_DEFAULTS[model.discriminator.family]
+    k = config.clusters.clusters
+    g = model.generator
+    _check(g.num_styles in (0, k), f"is {g.num_styles}, but self-conditioning has {k} clusters (it sets num_styles itself)",
+           "GeneratorConfig.num_styles")
+    g = replace(g, num_styles=k, attention_levels=g.attention_levels if g.attention_levels is not None
+                else attention_levels_for(crop, g.depth))
+    d = model.discriminator
+    s, p = d.scratch, d.projected
+    d = replace(
+        d, vec_len=d.vec_len if d.vec_len is not None else family.vec_len,
+        rotation_head=d.rotation_head if d.rotation_head is not None else config.loss.rotation,
+        scratch=replace(s, attention_level=s.attention_level if s.attention_level is not None
+                        else discriminator_attention_level_for(crop, s.depth)),
+        projected=replace(p, resolution=p.resolution if p.resolution is not None else projected_resolution_for(crop)),
+    )
+    loss = config.loss
+    _check(not loss.rotation or bool(d.rotation_head), "the rotation loss needs a discriminator with a rotation head",
+           "DiscriminatorConfig.rotation_head")
+    _check(k <= d.vec_len, f"{k} clusters need vec_len >= {k} (one anchor axis each), got {d.vec_len}", "ClusterConfig.clusters")
+    return replace(
+        config,
+        model=replace(model, generator=g, discriminator=d, siamese=model.siamese or family.siamese),  # type: ignore[arg-type]
+        loss=replace(loss, travel=loss.travel if loss.travel is not None else family.travel),
+        data=replace(data, load_size=data.load_size if data.load_size is not None else max(crop, round(crop * 1.12))),
+        train=replace(config.train, lr_g=config.train.lr_g if config.train.lr_g is not None else family.lr_g),
+    )
 
 
 def attention_levels_for(crop_size: int, depth: int, max_resolution: int = 32) -> tuple[int, ...]:
@@ -344,59 +362,76 @@ def discriminator_attention_level_for(crop_size: int, depth: int, max_resolution
     return next((lvl for lvl in range(1, depth + 1) if crop_size // 2**lvl <= max_resolution), depth)
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """The settings `travel fit` uses for a discriminator family when the user does not give them."""
-
-    vec_len: int  # length of each emitted vector
-    siamese: str  # where S lives
-    travel: float  # lambda_travel
-    lr_g: float  # generator learning rate (lr_d stays 4e-4 for both)
-
-
-FAMILY_DEFAULTS = {
-    "scratch": FamilyDefaults(vec_len=128, siamese="shared", travel=10.0, lr_g=1e-4),
-    # The family's first prototype's (docs/METHOD.md, "Projected discriminator"): TraVeL at today's weight 10 pins G to the identity on
-    # pretrained features, 0.1-0.2 kept the characters while the brush style arrived; one vector of 32 per patch;
-    # S a separate linear head on the frozen features. docs/BENCHMARKS.md has the measured climb from there.
-    "projected": FamilyDefaults(vec_len=32, siamese="separate", travel=0.2, lr_g=2e-4),
-}
-
-
 def projected_resolution_for(size: int) -> int:
     """The side images are resized to before the backbone: at least 128 (64 px reads far better upsampled), else
     the crop rounded up to the backbone's stride of 32."""
     return max(128, -(-size // 32) * 32)
 
 
-def model_config_for(
-    *, size: int, channels: int = DEFAULT_CHANNELS, depth: int = 4, vec_len: int | None = None, rotation: bool = False,
-    clusters: int = 0, siamese: str | None = None, padding: str = DEFAULT_PADDING, disc: str = "projected",
-    head_channels: int = 64, mixing: str = "none", residual: bool = True, skip_from: int = 0, warp: bool = True,
-    d_resolution: int | None = None, pixel_weight: float = 0.0,
-) -> ModelConfig:
-    """The architecture `travel fit` builds for a training crop of `size` from its command-line settings.
-    vec_len and siamese default to the family's (FAMILY_DEFAULTS); d_resolution (the side the projected family
-    resizes images to before its backbone) to projected_resolution_for(size)."""
-    _check(disc in FAMILY_DEFAULTS, f"--disc must be one of {sorted(FAMILY_DEFAULTS)}, got {disc!r}")
-    _check(mixing == "none" or disc == "projected", f"--mixing {mixing} needs --disc projected (it mixes the backbone's features)")
-    _check(d_resolution is None or disc == "projected", "--d-resolution needs --disc projected (it sizes the backbone's input)")
-    _check(pixel_weight == 0 or disc == "projected", "--pixel-weight needs --disc projected (the scratch discriminator is pixel-space already)")
-    family = FAMILY_DEFAULTS[disc]
-    generator = GeneratorConfig(
-        base_channels=channels, depth=depth, attention_levels=attention_levels_for(size, depth), num_styles=clusters,
-        padding=padding, residual=residual, skip_from=skip_from, warp=warp,
-    )
-    discriminator = DiscriminatorConfig(
-        family=disc,  # type: ignore[arg-type]
-        base_channels=channels, depth=depth, attention_level=discriminator_attention_level_for(size, depth),
-        vec_len=vec_len if vec_len is not None else family.vec_len, rotation_head=rotation,
-        resolution=d_resolution if d_resolution is not None else projected_resolution_for(size), head_channels=head_channels,
-        mixing=mixing, pixel_weight=pixel_weight,  # type: ignore[arg-type]
-    )
-    return ModelConfig(generator=generator, discriminator=discriminator, siamese=siamese or family.siamese)  # type: ignore[arg-type]
+# ---------------------------------------------------------------------------------------------
+# JSON round trip.
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type, data: Any) -> Any:
+    """Rebuild a (nested) config dataclass from a dict of today's schema; unknown keys are an error, missing keys take
+    today's defaults (travel.compat turns an older file into today's schema first)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+    kwargs = {key: _coerce(hints[key], value, f"{cls.__name__}.{key}") for key, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", where)
+        return tuple(_coerce(typing.get_args(hint)[0], v, where) for v in value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{value!r} is not one of {typing.get_args(hint)}", where)
+        return value
+    if origin in (typing.Union, types.UnionType):  # X | None: None, or an X
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        return _coerce(next(arg for arg in typing.get_args(hint) if arg is not type(None)), value, where)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true/false, got {value!r}", where)
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", where)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"expected a number, got {value!r}", where)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", where)
+        return value
+    return value
+
+
+def _check(ok: bool, message: str, setting: str | None = None) -> None:
+    if not ok:
+        raise ConfigError(message, setting)

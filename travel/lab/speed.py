@@ -19,102 +19,65 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from travel import __version__
-from travel.augment import DiffAugment
-from travel.config import (
-    DEFAULT_CHANNELS, DEFAULT_PADDING, FAMILY_DEFAULTS, DataConfig, FitConfig, LossConfig, TrainConfig, model_config_for,
-)
+from travel.config import FitConfig, resolve
 from travel.errors import ConfigError
 from travel.inference import inference_layout, run_generator
-from travel.models import Generator
-from travel.runtime import precision_context, resolve_device
-from travel.train import (
-    accelerate, build_nets, discriminator_step, ema_step, generator_step, make_optimizers, rotation_weight_at,
-)
+from travel.nets.generator import Generator
+from travel.options import BENCH_OPTIONS, option_values
+from travel.runtime import resolve_device
+from travel.train.step import build_trainer, train_step
+from travel.train.styles import make_styles
 
 MessageFn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class SpeedSettings:
-    """What `travel bench speed` measures; the model flags mirror `travel fit`."""
+    """How `travel bench speed` measures; what it measures is a FitConfig (travel.options.fit_config), the model
+    `travel fit` trains from the same options."""
 
-    size: int = 128  # square training crop / inference input, pixels
-    batch_size: int = 4  # images per domain per training step, and the batched inference size
     steps: int = 10  # timed training steps (the median is reported)
     warmup: int = 3  # untimed steps first (allocator, cuDNN autotuning, lazy init)
-    device: str = "auto"
-    precision: str = "auto"  # training autocast, as in `travel fit`; inference runs fp32 like Translator
-    channels: int = DEFAULT_CHANNELS
-    depth: int = 4
-    disc: str = "projected"  # discriminator family, as `travel fit --disc`
-    vec_len: int | None = None  # None: the family's default (FAMILY_DEFAULTS)
-    siamese: str | None = None
-    padding: str = DEFAULT_PADDING  # G's border padding: replicate or zeros
-    warp: bool = True  # G's learned displacement field, as `travel fit --warp` (the default)
-    rotation: bool = False
-    pixel_weight: float = 0.0  # the projected family's pixel-space branch, as `travel fit --pixel-weight`
-    augment: bool = True
-    channels_last: bool = False  # train in NHWC, as `travel fit --channels-last`
-    compile: bool = False  # torch.compile the trained networks, as `travel fit --compile`
     profile: bool = False  # also run torch.profiler over one inference batch and one training step
     matmul_size: int | None = None  # side of the square peak-matmul; None: 2048 on CPU, 8192 on CUDA
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ConfigError(f"--size must be >= 8, got {self.size}")
         if self.steps < 1 or self.warmup < 0:
             raise ConfigError("--steps must be >= 1 and --warmup >= 0")
         if self.matmul_size is not None and self.matmul_size < 16:
             raise ConfigError("the matmul size must be >= 16")
 
 
-def bench_config(settings: SpeedSettings) -> FitConfig:
-    """The FitConfig `travel fit` would build from the same flags (its defaults otherwise)."""
-    s = settings
-    model = model_config_for(  # checks s.disc
-        size=s.size, channels=s.channels, depth=s.depth, vec_len=s.vec_len, rotation=s.rotation, siamese=s.siamese,
-        padding=s.padding, disc=s.disc, warp=s.warp, pixel_weight=s.pixel_weight,
-    )
-    family = FAMILY_DEFAULTS[s.disc]
-    return FitConfig(
-        name="bench",
-        model=model,
-        loss=LossConfig(rotation_d=1.0 if s.rotation else 0.0, travel=family.travel),
-        data=DataConfig(load_size=s.size, crop_size=s.size, augment=s.augment),
-        train=TrainConfig(steps=max(s.steps + s.warmup, 1), batch_size=s.batch_size, lr_g=family.lr_g, device=s.device,  # type: ignore[arg-type]
-                          precision=s.precision, seed=s.seed, channels_last=s.channels_last, compile=s.compile),  # type: ignore[arg-type]
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Measuring.
 
 
-def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: MessageFn | None = None) -> dict[str, Any]:
-    """Benchmark one training configuration on the current device. `config` overrides the one built from settings
-    (its size, batch size, device and precision then come from settings). Returns a JSON-ready report."""
+def run_speed(config: FitConfig, settings: SpeedSettings = SpeedSettings(), *, say: MessageFn | None = None) -> dict[str, Any]:
+    """Benchmark training (travel.train.step.train_step, the step `fit` runs, self-conditioning included) and inference
+    of `config` on its device, on random images of its crop size. Returns a JSON-ready report."""
     say = say or (lambda message: None)
-    config = config or bench_config(settings)
-    config = replace(config, train=replace(config.train, batch_size=settings.batch_size, device=settings.device,
-                                           precision=settings.precision, channels_last=settings.channels_last,
-                                           compile=settings.compile))  # type: ignore[arg-type]
-    device = resolve_device(settings.device)
-    autocast, scaler = precision_context(settings.precision, device)
-    train_dtype = _autocast_dtype(autocast)
+    config = resolve(config)
+    tc = config.train
+    device = resolve_device(tc.device)
 
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(tc.seed)
     baseline = _memory_now(device)
-    nets = build_nets(config, device)
+    trainer = build_trainer(config, device, say)
+    nets = trainer.nets
     params = {
         "generator": _count(nets.generator), "discriminator": _count(nets.discriminator),
         "siamese": _count(nets.siamese) if nets.siamese is not None else 0,
     }
-    size, batch = settings.size, settings.batch_size
-    data = torch.Generator(device="cpu").manual_seed(settings.seed)
+    size, batch = config.data.crop_size, tc.batch_size
+    train_dtype = _autocast_dtype(trainer.autocast)
+    data = torch.Generator(device="cpu").manual_seed(tc.seed)
     # Random images in [-1, 1]: speed does not depend on what the pixels show.
     source = (torch.rand(batch, 3, size, size, generator=data) * 2 - 1).to(device)  # [B, 3, S, S]
     target = (torch.rand(batch, 3, size, size, generator=data) * 2 - 1).to(device)
+    styles, target_style = None, None
+    if config.clusters.clusters:  # as fit runs between reclusterings: targets in drawn clusters, one style per batch
+        styles = make_styles(config, batch, device)
+        target_style = torch.randint(config.clusters.clusters, (batch,), generator=data).to(device)
 
     # Inference first, with only the networks alive, so its peak memory is not the optimizer's.
     say("inference")
@@ -133,38 +96,24 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     del generator
 
     say("training")
-    tc = config.train
-    memory_format = accelerate(nets, config, device, say)
-    source, target = (t.contiguous(memory_format=memory_format) for t in (source, target))
-    opt_g, opt_d = make_optimizers(nets, config, device)
-    augment = DiffAugment(colour=config.data.augment_colour) if config.data.augment else nn.Identity()
-    anchor = torch.zeros(config.model.discriminator.vec_len, device=device)
+    source, target = (t.contiguous(memory_format=trainer.memory_format) for t in (source, target))
     step_counter = [0]
 
-    def train_step() -> None:
-        # The loop body of travel.train.fit, minus data loading and logging.
-        step = step_counter[0]
-        for _ in range(tc.d_steps):
-            discriminator_step(nets, opt_d, source, target, cfg=config, anchor=anchor, augment=augment,
-                               autocast=autocast, scaler=scaler)
-        nets.discriminator.requires_grad_(False)
-        generator_step(nets, opt_g, source, cfg=config, anchor=anchor, augment=augment, autocast=autocast,
-                       scaler=scaler, rotation_weight=rotation_weight_at(config, step))
-        nets.discriminator.requires_grad_(True)
-        ema_step(nets.ema, nets.generator, beta=tc.ema_beta, step=step)
+    def one_step() -> None:  # what fit's loop runs per step, minus data loading, reclustering and logging
+        train_step(trainer, source, target, step=step_counter[0], styles=styles, target_style=target_style)
         step_counter[0] += 1
 
     _reset_peak(device)
-    step_seconds = _time_calls(train_step, repeats=settings.steps, warmup=settings.warmup, device=device)
+    step_seconds = _time_calls(one_step, repeats=settings.steps, warmup=settings.warmup, device=device)
     train_peak = _peak_mb(device)
     with FlopCounterMode(display=False) as counter:
-        train_step()
+        one_step()
     train_flops_step = counter.get_total_flops()
     if settings.profile:
-        profiles["train"] = _profile(train_step, device)
+        profiles["train"] = _profile(one_step, device)
 
     say("matmul peak")
-    del opt_g, opt_d
+    del trainer
     gc.collect()
     matmul_size = settings.matmul_size or (8192 if device.type == "cuda" else 2048)
     peak_fp32 = matmul_peak(device, torch.float32, size=matmul_size)
@@ -176,9 +125,8 @@ def run_speed(settings: SpeedSettings, *, config: FitConfig | None = None, say: 
     return {
         "format": "travel-bench-speed",
         "travel_version": __version__,
-        # The family's defaults resolved, so the report says what was measured.
-        "settings": {**asdict(settings), "vec_len": config.model.discriminator.vec_len, "siamese": config.model.siamese,
-                     "disc": config.model.discriminator.family},
+        # Every option that shapes the step, resolved, so the report says what was measured.
+        "settings": {**asdict(settings), **option_values(config, BENCH_OPTIONS)},
         "device": _describe(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -94,7 +94,7 @@ def to_grey(images: torch.Tensor) -> torch.Tensor:
 
 def render_set(chars: Sequence[str], fonts: Sequence[tuple[str, int]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every character in every font face that draws it: ink [M, 1, 64, 64] in [0, 1], class ids [M], fonts used."""
-    from travel.datasets import GlyphCoverage, load_font, render_glyph
+    from travel.lab.datasets import GlyphCoverage, load_font, render_glyph
 
     images, labels, used = [], [], []
     for path, index in fonts:

@@ -18,11 +18,12 @@ from PIL import Image
 from travel.checkpoint import Weights, load_weights, read_metadata
 from travel.data import DEFAULT_MAX_PIXELS, image_from_pil, image_to_tensor, resize_shorter, tensor_to_image
 from travel.errors import CheckpointError, ConfigError
-from travel.memory import (  # check_tiling is also this module's: tests and callers import it from here
+from travel.inference.memory import (  # check_tiling is also this module's: tests and callers import it from here
     DEFAULT_MEMORY_BUDGET, DEFAULT_OVERLAP, MemoryBudgetError, Plan, check_tiling, format_bytes, images_per_pass,
     plan_translation,
 )
-from travel.models import Generator, Norm2d, SelfAttention
+from travel.nets.blocks import Norm2d, SelfAttention
+from travel.nets.generator import Generator
 from travel.runtime import resolve_device
 
 DEFAULT_TILE = 512  # translate_tiled's tile side when none is given (plans choose their own)
@@ -162,7 +163,7 @@ def run_generator(generator: Generator, source: torch.Tensor, style: torch.Tenso
 class Translator:
     """A trained translator: `translator(image)` returns the translated PIL image at the input's size.
 
-    Every image is planned by travel.memory's one rule: one pass when its estimated peak fits `memory_budget`
+    Every image is planned by travel.inference.memory's one rule: one pass when its estimated peak fits `memory_budget`
     bytes, else overlapping tiles that share the whole image's normalisation statistics and attention keys and
     are blended with a cosine window, so memory stays within the budget and tiles leave no seams. An image that
     cannot fit even in tiles is refused (MemoryBudgetError) before any work.
@@ -191,7 +192,7 @@ class Translator:
     def plan(
         self, width: int, height: int, *, tile: int | None = None, overlap: int = DEFAULT_OVERLAP, memory_budget: int | None = None
     ) -> Plan:
-        """How an image of width x height is translated within the budget (travel.memory.plan_translation)."""
+        """How an image of width x height is translated within the budget (travel.inference.memory.plan_translation)."""
         budget = self.memory_budget if memory_budget is None else memory_budget
         return plan_translation(self.generator.cfg, height, width, budget=budget, tile=tile, overlap=overlap)
 

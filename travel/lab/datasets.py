@@ -865,7 +865,7 @@ def _warner(notes: list[str], message_fn: MessageFn | None) -> MessageFn:
 
 def _card_common(builder: str, *, seed: int, size: int, margin_px: int, test_fraction: float) -> dict[str, Any]:
     return {
-        "builder": f"travel.datasets.{builder}",
+        "builder": f"travel.lab.datasets.{builder}",
         "builder_version": BUILDER_VERSION,
         "travel_version": __version__,
         "seed": seed,

@@ -13,7 +13,7 @@ from torch import nn
 from travel import __version__
 from travel.checkpoint import Weights, atomic_path
 from travel.errors import TravelError
-from travel.models import Generator
+from travel.nets.generator import Generator
 
 DEFAULT_OPSET = 18
 CHECK_SIZES = ((1, 45, 61), (2, 64, 48), (1, 3, 2))  # (batch, height, width): odd sides, even sides, tiny

@@ -1,6 +1,6 @@
 """The projected Siamese discriminator: frozen ImageNet features, trainable spectrally normalised heads at 4 scales.
 
-The same interface as travel.models.Discriminator (the scratch family), so the training loop builds one or the
+The interface of travel.nets.discriminators.base, as the scratch family's, so the training loop builds one or the
 other and never branches on which:
 - forward(image) -> vectors [N, P, L]: one vector per patch, the patches of all 4 scales concatenated;
 - patch_weights [P]: each patch's share of the per-image loss, so that every scale counts alike
@@ -8,8 +8,8 @@ other and never branches on which:
 - features(image) -> [N, F]: pooled trunk features for the rotation head and for clustering;
 - rotation_logits(features) -> [N, 4].
 
-With cfg.pixel_weight > 0 the projected discriminator also holds a pixel-space branch, the scratch encoder
-(travel.models.Discriminator) on the images as they are, trained from scratch beside the heads: its one vector per
+With cfg.projected.pixel_weight > 0 the projected discriminator also holds a pixel-space branch, the scratch encoder
+(travel.nets.discriminators.scratch) on the images as they are, trained from scratch beside the heads: its one vector per
 image is appended as one more patch of weight pixel_weight. The frozen features judge what ImageNet features see;
 the branch is meant to judge what they miss (exact colours, edges, the drawing of small parts), which a two-sample
 classifier trained on pixels reads. Measured on emoji it never learned to: its separation of translations from
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from travel.backbone import FEATURE_CHANNELS, build_features
 from travel.config import DiscriminatorConfig
-from travel.models import Discriminator
+from travel.errors import ConfigError
+from travel.nets.backbone import FEATURE_CHANNELS, build_features
+from travel.nets.discriminators.scratch import ScratchDiscriminator
 
 
 class FrozenBackbone(nn.Module):
@@ -129,21 +130,26 @@ class ProjectedDiscriminator(nn.Module):
     def __init__(self, cfg: DiscriminatorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = FrozenBackbone(cfg.resolution)
-        self.mixing = RandomMixing(cfg.mixing, FEATURE_CHANNELS) if cfg.mixing != "none" else None
+        p = cfg.projected
+        if p.resolution is None or cfg.vec_len is None:
+            raise ConfigError("unresolved discriminator config: build it from travel.config.resolve(config)")
+        self.backbone = FrozenBackbone(p.resolution)
+        self.mixing = RandomMixing(p.mixing, FEATURE_CHANNELS) if p.mixing != "none" else None
         channels = self.mixing.out_channels if self.mixing is not None else FEATURE_CHANNELS
-        hidden = cfg.head_channels
+        hidden = p.head_channels
         self.hidden = nn.ModuleList(spectral_norm(nn.Conv2d(c, hidden, 3, padding=1)) for c in channels)
         self.heads = nn.ModuleList(spectral_norm(nn.Conv2d(hidden, cfg.vec_len, 1)) for _ in FEATURE_CHANNELS)
         self.feature_dim = hidden * len(FEATURE_CHANNELS)
         self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
-        sides = [cfg.resolution // 2 ** (s + 2) for s in range(len(FEATURE_CHANNELS))]
+        sides = [p.resolution // 2 ** (s + 2) for s in range(len(FEATURE_CHANNELS))]
         weights = torch.cat([torch.full((side * side,), 1.0 / (len(sides) * side * side)) for side in sides])
         self.pixel = None
-        if cfg.pixel_weight > 0:
+        if p.pixel_weight > 0:
             # The scratch family as it is, without a rotation head of its own (features() stays the heads').
-            self.pixel = Discriminator(replace(cfg, family="scratch", pixel_weight=0.0, rotation_head=False))
-            weights = torch.cat([weights, torch.tensor([cfg.pixel_weight])])
+            self.pixel = ScratchDiscriminator(
+                replace(cfg, family="scratch", rotation_head=False, projected=replace(p, pixel_weight=0.0))
+            )
+            weights = torch.cat([weights, torch.tensor([p.pixel_weight])])
         self.register_buffer("patch_weights", weights, persistent=False)  # [P]; a function of the config, not state
 
     def _hidden(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -182,13 +188,24 @@ class ProjectedEmbedding(nn.Module):
     def __init__(self, cfg: DiscriminatorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone = FrozenBackbone(cfg.resolution)
+        if cfg.projected.resolution is None or cfg.vec_len is None:
+            raise ConfigError("unresolved discriminator config: build it from travel.config.resolve(config)")
+        self.backbone = FrozenBackbone(cfg.projected.resolution)
         self.head = spectral_norm(nn.Linear(sum(FEATURE_CHANNELS), cfg.vec_len))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: [N, C, H, W] in [-1, 1]. Returns [N, vec_len]."""
         pooled = torch.cat([f.mean(dim=(2, 3)) for f in self.backbone(image)], dim=1)  # [N, 496]
         return self.head(pooled)
+
+
+def build_discriminator(cfg: DiscriminatorConfig) -> ProjectedDiscriminator:
+    return ProjectedDiscriminator(cfg)
+
+
+def build_siamese(cfg: DiscriminatorConfig) -> ProjectedEmbedding:
+    """The separate S of the projected family: an SN linear head on the frozen backbone's pooled features."""
+    return ProjectedEmbedding(cfg)
 
 
 @torch.no_grad()

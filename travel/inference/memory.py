@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from travel.config import GeneratorConfig
 from travel.errors import ConfigError, TravelError
-from travel.models import EXPLICIT_ATTENTION_PAIRS, context_pooling, key_channels
+from travel.nets.blocks import EXPLICIT_ATTENTION_PAIRS, context_pooling, key_channels
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes one translation may use: activations, tiles and image buffers together
 DEFAULT_OVERLAP = 64  # pixels shared by neighbouring tiles, blended with a cosine ramp

@@ -1,4 +1,4 @@
-"""The networks: a U-Net generator with self-attention and a spectrally normalised Siamese discriminator."""
+"""Building blocks of the networks: attention, normalisation, convolutions, padding and warping. Plain ints in, no configs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
-
-from travel.config import DiscriminatorConfig, GeneratorConfig
-
-# ---------------------------------------------------------------------------------------------
-# Blocks: plain ints in, no configs.
 
 
 # Attention on large maps (docs/METHOD.md, "Attention on large images"). Training crops give every attention block at
@@ -157,106 +152,6 @@ class ConvNormAct(nn.Module):
         return F.silu(self.norm(self.conv(x), style))
 
 
-# ---------------------------------------------------------------------------------------------
-# Generator.
-
-RESIDUAL_SCALE = 0.9  # residual output: tanh(atanh(0.9 x) + change) / 0.9
-
-
-class Generator(nn.Module):
-    """U-Net: stride-2 convolutions down, upsample + 3x3 convolution up, skips by concatenation."""
-
-    def __init__(self, cfg: GeneratorConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        g, pad = cfg.norm_groups, cfg.padding
-        self.stem = ConvNormAct(cfg.channels, cfg.width(0), groups=g, padding=pad)
-        self.down = nn.ModuleList()
-        self.down_attn = nn.ModuleList()
-        for lvl in range(1, cfg.depth + 1):
-            cin, cout = cfg.width(lvl - 1), cfg.width(lvl)
-            self.down.append(
-                nn.ModuleList(
-                    [ConvNormAct(cin, cout, stride=2, groups=g, padding=pad), ConvNormAct(cout, cout, groups=g, padding=pad)]
-                )
-            )
-            self.down_attn.append(SelfAttention(cout) if lvl in cfg.attention_levels else nn.Identity())
-        self.up = nn.ModuleList()
-        self.up_attn = nn.ModuleList()
-        for lvl in range(cfg.depth, 0, -1):
-            cin, cout = cfg.width(lvl), cfg.width(lvl - 1)
-            self.up.append(
-                nn.ModuleList(
-                    [
-                        ConvNormAct(cin, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
-                        ConvNormAct(self._skip(lvl - 1) + cout, cout, groups=g, num_styles=cfg.num_styles, padding=pad),
-                    ]
-                )
-            )
-            has_attn = (lvl - 1) in cfg.attention_levels
-            self.up_attn.append(SelfAttention(cout) if has_attn else nn.Identity())
-        # One flow head per decoder level: the displacement increment (x, y, in full-resolution pixels) at that level.
-        self.flow = nn.ModuleList()
-        if cfg.warp:
-            for lvl in range(cfg.depth, 0, -1):
-                head = nn.Conv2d(cfg.width(lvl - 1), 2, 3, padding=1, padding_mode=pad)
-                nn.init.zeros_(head.weight)  # no displacement at initialisation
-                nn.init.zeros_(head.bias)
-                self.flow.append(head)
-        self.head = nn.Conv2d(cfg.width(0), cfg.channels, 3, padding=1, padding_mode=pad)
-        if cfg.residual:
-            nn.init.zeros_(self.head.weight)  # an untrained generator returns its input
-            nn.init.zeros_(self.head.bias)
-
-    def _skip(self, level: int) -> int:
-        """Channels the skip from `level` adds to the decoder there (0 where cfg.skip_from drops it)."""
-        return self.cfg.width(level) if level >= self.cfg.skip_from else 0
-
-    def forward(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        """source: [N, C, H, W] in [-1, 1], any H and W; style: [N] cluster ids or None. Returns [N, C, H, W]."""
-        if source.ndim != 4 or source.shape[1] != self.cfg.channels:
-            raise ValueError(f"expected [N, {self.cfg.channels}, H, W], got {tuple(source.shape)}")
-        h, w = source.shape[-2:]
-        return self.forward_padded(pad_to_multiple(source, self.cfg.multiple), style)[..., :h, :w]
-
-    def forward_padded(self, source: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
-        """source: [N, C, H, W] with H and W multiples of cfg.multiple. Returns [N, C, H, W].
-
-        Split from forward so the ONNX export (travel.export) can pad without Python branches on the size.
-        """
-        if self.cfg.num_styles and style is None:
-            style = torch.zeros(source.shape[0], dtype=torch.long, device=source.device)
-        x = self.stem(source)
-        skips = [x]
-        for (conv_down, conv), attn in zip(self.down, self.down_attn):
-            x = attn(conv(conv_down(x)))
-            skips.append(x)
-        skips.pop()  # the bottleneck is x itself
-        flow: torch.Tensor | None = None
-        size = source.shape[-2:]
-        for i, (level, (conv_up, conv), attn) in enumerate(zip(range(self.cfg.depth - 1, -1, -1), self.up, self.up_attn)):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = conv_up(x, style)
-            skip = skips.pop()
-            if self.cfg.warp:
-                step = self.flow[i](x)
-                flow = step if flow is None else F.interpolate(flow, scale_factor=2.0, mode="bilinear") + step
-            if level >= self.cfg.skip_from:
-                x = torch.cat([x, skip if flow is None else warp(skip, flow, size)], dim=1)
-            x = conv(x, style)
-            x = attn(x)
-        if flow is not None:
-            source = warp(source, flow, size)
-        change = self.head(x)
-        if self.cfg.residual:
-            # Identity at initialisation, in tanh's pre-activation space. The input is scaled by 0.9 first:
-            # pure white or black (+-1) would otherwise sit deep in tanh's saturation (slope 0.002 at
-            # atanh(0.999)), and the generator could hardly change large white or black areas (slope 0.21 here).
-            # Clamped to [-1, 1] here, not only when written: the discriminator must never see values real images
-            # cannot have (anything beyond +-1 would mark a translation as fake). Identity at init is unaffected.
-            return (torch.tanh(torch.atanh(source.clamp(-1.0, 1.0) * RESIDUAL_SCALE) + change) / RESIDUAL_SCALE).clamp(-1.0, 1.0)
-        return torch.tanh(change)
-
 
 def warp(x: torch.Tensor, flow: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """Sample x [N, C, h, w] at each position plus flow [N, 2, h, w], a displacement (x, y) in pixels of an image of
@@ -281,77 +176,6 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Discriminator.
-
-
-class Discriminator(nn.Module):
-    """Siamese encoder: image -> vector in R^vec_len. Every weight layer is spectrally normalised.
-
-    The scratch family. travel.projected holds the other (frozen pretrained features); both offer forward,
-    patch_weights, features and rotation_logits, and the training loop uses nothing else.
-    """
-
-    patch_weights = None  # one vector per image, not per patch
-
-    def __init__(self, cfg: DiscriminatorConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.stem = spectral_norm(nn.Conv2d(cfg.channels, cfg.width(0), 3, padding=1))
-        blocks = []
-        for lvl in range(1, cfg.depth + 1):
-            blocks.append(spectral_norm(nn.Conv2d(cfg.width(lvl - 1), cfg.width(lvl), 4, stride=2, padding=1)))
-            blocks.append(nn.LeakyReLU(0.2))
-            if lvl == cfg.attention_level:
-                blocks.append(SelfAttention(cfg.width(lvl), spectral=True))
-        self.trunk = nn.Sequential(*blocks)
-        self.feature_dim = cfg.width(cfg.depth)
-        self.head = spectral_norm(nn.Linear(self.feature_dim, cfg.vec_len))
-        self.rotation = spectral_norm(nn.Linear(self.feature_dim, 4)) if cfg.rotation_head else None
-
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Pooled trunk features [N, F], used by the vector head, the rotation head and clustering."""
-        x = F.leaky_relu(self.stem(image), 0.2)
-        x = self.trunk(x)
-        # Global sum pooling, as in SN-GAN/BigGAN: with every layer 1-Lipschitz, mean pooling shrinks the
-        # embedding so far (entries ~0.03 at 128px) that the margins m and delta are out of reach.
-        return x.sum(dim=(2, 3))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image: [N, C, H, W] in [-1, 1]. Returns the embedding [N, vec_len]."""
-        return self.head(self.features(image))
-
-    def rotation_logits(self, features: torch.Tensor) -> torch.Tensor:
-        if self.rotation is None:
-            raise RuntimeError("this discriminator was built without a rotation head")
-        return self.rotation(features)
-
-
-def build_generator(cfg: GeneratorConfig) -> Generator:
-    return Generator(cfg)
-
-
-def _family(name: str) -> tuple[type[nn.Module], type[nn.Module]]:
-    """(discriminator, separate Siamese embedding) classes of a discriminator family. The projected family is
-    imported here only, so that translation, the demo and ONNX export (which need generators alone) never import
-    timm."""
-    if name == "scratch":
-        return Discriminator, Discriminator
-    if name == "projected":
-        from travel.projected import ProjectedDiscriminator, ProjectedEmbedding
-
-        return ProjectedDiscriminator, ProjectedEmbedding
-    raise ValueError(f"unknown discriminator family {name!r}")
-
-
-def build_discriminator(cfg: DiscriminatorConfig) -> nn.Module:
-    """The discriminator of cfg.family."""
-    return _family(cfg.family)[0](cfg)
-
-
-def build_siamese(cfg: DiscriminatorConfig) -> nn.Module:
-    """The separate Siamese embedding S of cfg.family (siamese = "separate"): a second scratch encoder with its own
-    weights, or for the projected family an SN linear head on the frozen backbone's pooled features."""
-    return _family(cfg.family)[1](cfg)
 
 
 def _divisor_at_most(channels: int, groups: int) -> int:
