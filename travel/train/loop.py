@@ -111,15 +111,6 @@ def _loop(
     distribute(nets, config, world, device)
     fixed = torch.stack([source.center(i % len(source)) for i in range(tc.sample_count)]).to(device)
 
-    def batches_from(step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        # Each rank draws its own batches from (seed, step, rank): see UnpairedBatches, and docs/MANY_GPUS.md.
-        batches = UnpairedBatches(source, target, batch_size=tc.batch_size, seed=tc.seed, start=step, stop=tc.steps, rank=world.rank)
-        return iter(torch.utils.data.DataLoader(
-            batches, batch_size=None, shuffle=False, num_workers=config.data.workers, pin_memory=device.type == "cuda",
-            generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
-            persistent_workers=False, prefetch_factor=4 if config.data.workers else None,
-        ))
-
     guard = Guard(device, lr_scale=lr_scale)
     running: dict[str, torch.Tensor] = {}  # sums of the loss terms since the last log, kept steps only
     logged: dict[str, float] = {}
@@ -132,7 +123,7 @@ def _loop(
 
     good = copy.deepcopy(snapshot(start))  # what a run of non-finite steps rolls back to: the last state saved
     with stop_on_signals() as signalled:
-        batches = batches_from(start)
+        batches = batches_from(source, target, config, world, device, start)
         while step < tc.steps:
             # Phase 1, data and styles. Rank 0 continues the saved RNG stream; the others draw augmentations and
             # styles from (seed, step, rank), so they too resume exactly, whatever the world size was before.
@@ -178,7 +169,7 @@ def _loop(
                     run.truncate(step)
                     run.log({"step": step, "event": "rollback", "from_step": failed_at, "lr_g": tc.lr_g * scale, "lr_d": tc.lr_d * scale})
                     running, count, t_log, step_log = {}, 0, time.perf_counter(), step
-                    batches = batches_from(step)
+                    batches = batches_from(source, target, config, world, device, step)
                     continue
 
             # Phase 4, log: the averages over ranks (one all-reduce, at log steps only).
@@ -227,6 +218,19 @@ def _loop(
         run_dir=run_dir, weights=run.weights, step=step, interrupted=interrupted, metrics=logged,
         skipped_images=source.report.skipped + target.report.skipped,
     )
+
+
+def batches_from(source: ImageFolder, target: ImageFolder, config: FitConfig, world: World, device: torch.device,
+                 step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(source batch, target batch, target indices) for every step from `step` on. Each rank draws its own batches
+    from (seed, step, rank): see UnpairedBatches, and docs/MANY_GPUS.md."""
+    tc = config.train
+    batches = UnpairedBatches(source, target, batch_size=tc.batch_size, seed=tc.seed, start=step, stop=tc.steps, rank=world.rank)
+    return iter(torch.utils.data.DataLoader(
+        batches, batch_size=None, shuffle=False, num_workers=config.data.workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # keep the loader from drawing on the global RNG (exact resume)
+        persistent_workers=False, prefetch_factor=4 if config.data.workers else None,
+    ))
 
 
 def open_domains(config: FitConfig, say: MessageFn) -> tuple[ImageFolder, ImageFolder]:
