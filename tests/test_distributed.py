@@ -391,13 +391,13 @@ def test_fit_flags_reach_the_config_and_resume_can_change_them(domains, tmp_path
 
 @pytest.mark.slow
 def test_compiled_fit_runs_and_saves_plain_weights(domains, tmp_path, monkeypatch):
-    import travel.train
+    import travel.train.step
 
     if travel.train.step.compile_problem(torch.device("cpu")) is not None:  # inductor, on a tiny function
         pytest.skip("torch.compile does not work on this machine")
     # The networks with aot_eager: Dynamo's capture (spectral norm, attention, styles) and AOT autograd as with
     # inductor, without its C++ build (measured: a 2-step inductor fit took 11 min on a loaded 2-core machine).
-    monkeypatch.setattr(travel.train, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(travel.train.step, "COMPILE_BACKEND", "aot_eager")
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
