@@ -363,3 +363,15 @@ def test_rotation_and_self_conditioning_run_with_the_projected_family(domains, t
     assert all("rot_d" in m and "rot_g" in m for m in metrics)
     state = load_state(result.run_dir)
     assert state["styles"]["labels"].shape == (8,) and len(load_weights(result.weights).summary["style_frequencies"]) == 2
+
+
+def test_feature_mixing_and_the_pixel_branch_build_together():
+    """Found in review of the restructure: the pixel branch was built from the projected config with its mixing
+    still set, which the scratch family refuses."""
+    from travel.nets.discriminators import build_discriminator
+    from travel.options import fit_config
+
+    cfg = fit_config(size=32, mixing="ccm", pixel_weight=0.5, vec_len=4, head_channels=4, channels=4, depth=2).model.discriminator
+    disc = build_discriminator(cfg)
+    assert disc.mixing is not None and disc.pixel is not None
+    assert disc(torch.rand(2, 3, 32, 32) * 2 - 1).shape[1] == disc.patch_weights.shape[0]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from travel.config import DiscriminatorConfig
+from travel.config import DiscriminatorConfig, ProjectedConfig
 from travel.errors import ConfigError
 from travel.nets.backbone import FEATURE_CHANNELS, build_features
 from travel.nets.discriminators.scratch import ScratchDiscriminator
@@ -146,9 +146,7 @@ class ProjectedDiscriminator(nn.Module):
         self.pixel = None
         if p.pixel_weight > 0:
             # The scratch family as it is, without a rotation head of its own (features() stays the heads').
-            self.pixel = ScratchDiscriminator(
-                replace(cfg, family="scratch", rotation_head=False, projected=replace(p, pixel_weight=0.0))
-            )
+            self.pixel = ScratchDiscriminator(replace(cfg, family="scratch", rotation_head=False, projected=ProjectedConfig()))
             weights = torch.cat([weights, torch.tensor([p.pixel_weight])])
         self.register_buffer("patch_weights", weights, persistent=False)  # [P]; a function of the config, not state
 
