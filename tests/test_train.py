@@ -299,3 +299,13 @@ def test_training_steps_read_nothing_back_between_log_and_save_steps(domains, tm
         fit(config, tmp_path / "run", progress_fn=lambda step, total, logged: progressed.__setitem__(0, step))
     assert progressed[0] == steps
     assert reads == []
+
+
+def test_rotation_with_a_zero_d_weight_runs_no_rotation_loss(domains, tmp_path):
+    """`--rotation --rotation-d 0` turns both rotation terms off, as before the rotation switch existed (review of
+    the restructure): D is built with the head, and neither D nor G computes a rotation loss."""
+    config = tiny_fit_config(*domains, steps=2)
+    config = replace(config, loss=LossConfig(rotation=True, rotation_d=0.0))
+    assert resolve(config).model.discriminator.rotation_head is True
+    fit(config, tmp_path / "run")
+    assert not {"rot_d", "rot_g"} & set(read_metrics(tmp_path / "run")[0])

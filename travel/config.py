@@ -192,6 +192,11 @@ class LossConfig:
     rotation_g: float = 0.2  # SS-GAN alpha: G's rotation loss on translations (with rotation)
     rotation_g_decay: bool = True  # decay alpha linearly to 0 over training, so G's optimum stays the data's
 
+    @property
+    def rotating(self) -> bool:
+        """Whether the rotation losses run: switched on, with a positive D weight (rotation_d 0 turns both off)."""
+        return self.rotation and self.rotation_d > 0
+
     def __post_init__(self) -> None:
         for name in ("adv", "travel", "dist", "margin", "anchor_margin", "delta", "r1_gamma", "rotation_d", "rotation_g"):
             value = getattr(self, name)

@@ -134,7 +134,7 @@ def discriminator_step(
             terms.update(travel)
             terms["margin"] = margin_loss(src_emb, delta=loss_cfg.delta)
             total = total + loss_cfg.travel * (travel["travel_cos"] + travel["travel_dist"]) + loss_cfg.margin * terms["margin"]
-        if loss_cfg.rotation:
+        if loss_cfg.rotating:
             rotated, labels = rotate_batch(target)
             terms["rot_d"] = rotation_loss(disc.rotation_logits(disc.features(rotated)).float(), labels)
             total = total + loss_cfg.rotation_d * terms["rot_d"]
@@ -205,7 +205,7 @@ def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rotation_weight_at(cfg: FitConfig, step: int) -> float:
     """The generator's rotation weight alpha, decayed linearly to 0 over training when asked."""
-    alpha = cfg.loss.rotation_g if cfg.loss.rotation else 0.0
+    alpha = cfg.loss.rotation_g if cfg.loss.rotating else 0.0
     if cfg.loss.rotation_g_decay:
         alpha *= max(0.0, 1.0 - step / cfg.train.steps)
     return alpha
@@ -329,7 +329,7 @@ def distribute(nets: Nets, config: FitConfig, world: World, device: torch.device
     rotation_head = config.model.discriminator.rotation_head
     nets.ddp_generator = wrap(nets.generator, world, device)
     nets.ddp_discriminator = wrap(
-        nets.discriminator, world, device, find_unused=rotation_head and not config.loss.rotation
+        nets.discriminator, world, device, find_unused=rotation_head and not config.loss.rotating
     )
     if nets.siamese is not None:
         nets.ddp_siamese = wrap(nets.siamese, world, device, find_unused=rotation_head)
