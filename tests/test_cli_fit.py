@@ -345,3 +345,12 @@ def test_sigterm_and_sigint_save_state_exit_130_and_the_run_resumes(folders, tmp
         assert result.exit_code == 0, result.output
         assert f"done: {stopped + 2} steps" in result.stdout
         assert load_state(run)["step"] == stopped + 2
+
+
+def test_fit_without_domains_is_refused_before_anything_is_made(tmp_path):
+    for extra in ([], ["--dry-run"]):
+        line = assert_one_error_line(invoke("fit", *TINY, *extra))
+        assert "--src" in line
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(travel.TravelError, match="source and target"):
+        travel.fit(steps=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from travel.errors import DataError
 from travel.options import fit_config
 from travel.train import FitResult
 from travel.train import fit as fit_config_run
@@ -23,6 +24,8 @@ def fit(
     `travel fit --src SOURCE --dst TARGET` does: the same model and defaults, any `travel fit` option as a keyword in
     snake_case (steps=2000, size=64, lr_g=1e-4, warp=False). Writes runs/NAME/ (or `run_dir`); returns where the
     weights are. Hooks as travel.train.fit."""
+    if source is None and target is None and data is None:
+        raise DataError("give the source and target folders (or a CycleGAN-layout data folder)")
     config = fit_config(source, target, data=data, name=name, **options)
     return fit_config_run(config, run_dir, overwrite=overwrite, progress_fn=progress_fn, abort_fn=abort_fn,
                           message_fn=message_fn)

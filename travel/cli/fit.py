@@ -93,6 +93,10 @@ def fit(
         config = resume_config(resume, **{key: options[key] for key in RESUME_OPTIONS if _explicit(ctx, key)})
         run_dir = resume
     else:
+        if not (src or dst or data):  # refused before anything is built (fit_config alone allows none, for benchmarks)
+            from travel.data import resolve_domains
+
+            resolve_domains(None, None, None)
         config = fit_config(src, dst, data=data, name=name, **options)
         run_dir = run_dir or Path("runs") / config.name
     if dry_run:
