@@ -109,3 +109,16 @@ def test_an_old_run_resumes_where_it_stopped_as_the_old_code_did(old_run):
     saved = json.loads((old_run / "config.json").read_text())
     assert saved["schema_version"] == 2 and saved["model"]["generator"]["warp"] is False
     assert saved["model"]["discriminator"]["family"] == "scratch"
+
+
+@pytest.mark.parametrize("section", ["model", "loss", "data"])
+def test_a_damaged_old_config_is_one_line(old_run, section):
+    from travel.errors import CheckpointError
+
+    config = json.loads((old_run / "config.json").read_text())
+    config[section] = [1, 2]
+    (old_run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"FitConfig.{section}: expected an object"):
+        load_run_config(old_run)
+    result = runner.invoke(app, ["fit", "--resume", str(old_run)])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "expected an object" in result.output

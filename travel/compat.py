@@ -54,23 +54,32 @@ def discriminator_1_to_2(data: dict[str, Any], *, crop_size: int) -> dict[str, A
     return {**data, "scratch": scratch, "projected": projected}
 
 
+def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A copy of data[key] (empty when absent), refused in one line when it is not an object."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected an object, got {type(value).__name__}", f"{where}.{key}")
+    return dict(value)
+
+
 def fit_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 1's FitConfig dict into schema 2's: the discriminator split by family, the rotation loss an on/off
     setting (schema 1 said "on" by a D weight above 0), and absent keys read as their old meaning."""
     data = dict(data)
-    model = dict(data.get("model", {}))
-    crop = data.get("data", {}).get("crop_size", 128)
-    model["generator"] = generator_1_to_2(model.get("generator", {}))
-    model["discriminator"] = discriminator_1_to_2(dict(model.get("discriminator", {})), crop_size=crop)
+    model = _section(data, "model", "FitConfig")
+    crop = _section(data, "data", "FitConfig").get("crop_size", 128)
+    model["generator"] = generator_1_to_2(_section(model, "generator", "ModelConfig"))
+    model["discriminator"] = discriminator_1_to_2(_section(model, "discriminator", "ModelConfig"),
+                                                  crop_size=crop if isinstance(crop, int) else 128)
     data["model"] = model
-    loss = dict(data.get("loss", {}))
+    loss = _section(data, "loss", "FitConfig")
     beta = loss.get("rotation_d", 0.0)
     loss["rotation"] = bool(beta > 0) if isinstance(beta, (int, float)) else beta
     if loss["rotation"] is False:
         loss["rotation_d"] = 1.0  # unused while off; today's default weight
     data["loss"] = loss
     for section in ("clusters", "data"):
-        data[section] = _absent(section, data.get(section, {}))
+        data[section] = _absent(section, _section(data, section, "FitConfig"))
     return data
 
 
