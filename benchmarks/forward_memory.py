@@ -7,13 +7,13 @@ Random weights (memory does not depend on them); the peak is VmHWM above the res
 """
 import sys, json, subprocess
 CFGS = {
- 'emoji3d': dict(base_channels=16, max_channels=256, depth=4, attention_levels=(1,2,3,4), norm_groups=8, padding='replicate'),
+ 'emoji3d': dict(base_channels=16, max_channels=256, depth=4, attention_levels=(1,2,3,4), norm_groups=8, padding='replicate', warp=False),
  'kaishu': dict(base_channels=16, max_channels=256, depth=4, attention_levels=(1,2,3,4), norm_groups=8, padding='replicate', warp=True),
  'c32': dict(base_channels=32, max_channels=256, depth=4, attention_levels=(2,3,4), norm_groups=8, padding='replicate', warp=True),
  'c32a1': dict(base_channels=32, max_channels=256, depth=4, attention_levels=(1,2,3,4), norm_groups=8, warp=True),
  'styles': dict(base_channels=16, max_channels=256, depth=4, attention_levels=(1,2,3,4), norm_groups=8, num_styles=3, warp=True),
- 'tiny': dict(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4),
- 'tinyatt': dict(base_channels=8, max_channels=16, depth=2, attention_levels=(1,2), norm_groups=4),
+ 'tiny': dict(base_channels=8, max_channels=16, depth=2, attention_levels=(2,), norm_groups=4, warp=False),
+ 'tinyatt': dict(base_channels=8, max_channels=16, depth=2, attention_levels=(1,2), norm_groups=4, warp=False),
 }
 CHILD = r'''
 import sys, json, torch

@@ -339,3 +339,28 @@ def test_the_fused_cpu_path_computes_what_the_score_matrix_does(monkeypatch):
     monkeypatch.setattr(models, "EXPLICIT_ATTENTION_PAIRS", 0)
     fused = attend(q, k, v, bias)
     assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["scratch", "projected"])
+def test_every_family_in_the_registry_builds_what_the_interface_says(family):
+    """The training loop asks D and S for nothing but travel.nets.discriminators.base's interface: each registered
+    family's networks satisfy it, with vectors of the shapes it promises."""
+    from travel.config import ProjectedConfig, resolve
+    from travel.nets.discriminators import REGISTRY, build_siamese
+    from travel.nets.discriminators.base import Discriminator as DiscriminatorInterface
+    from travel.nets.discriminators.base import Embedding
+
+    assert set(REGISTRY) == {"scratch", "projected"}
+    disc_cfg = DiscriminatorConfig(family=family, vec_len=6, rotation_head=True, scratch=ScratchConfig(base_channels=8, depth=2),
+                                   projected=ProjectedConfig(resolution=32, head_channels=4))
+    cfg = resolve(FitConfig(model=ModelConfig(discriminator=disc_cfg))).model.discriminator
+    disc, siamese = build_discriminator(cfg), build_siamese(cfg)
+    assert isinstance(disc, DiscriminatorInterface) and isinstance(siamese, Embedding)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    vectors, features = disc(images), disc.features(images)
+    if disc.patch_weights is None:
+        assert vectors.shape == (2, 6)
+    else:
+        assert vectors.shape == (2, disc.patch_weights.shape[0], 6)
+    assert disc.rotation_logits(features).shape == (2, 4)
+    assert siamese(images).shape[-1] == 6

@@ -167,3 +167,16 @@ def test_bench_speed_errors_are_one_line(args, message):
     result = runner.invoke(app, ["bench", "speed", "--steps", "1", "--warmup", "0", *args])
     assert result.exit_code == 2
     assert result.output.strip().startswith("error:") and message in result.output
+
+
+def test_bench_speed_takes_every_option_that_shapes_the_step():
+    """SpeedSettings once lacked half of fit's model flags; now bench speed's come from the same table."""
+    from travel.options import BENCH_OPTIONS, OPTIONS
+
+    shaping = {name for name, option in OPTIONS.items() if option.group in ("Generator", "Discriminator")}
+    shaping |= {"rotation", "clusters", "travel_weight", "r1", "batch_size", "lr_g", "lr_d", "d_steps", "precision",
+                "channels_last", "compile", "augment", "augment_colour", "size"}
+    assert shaping <= set(BENCH_OPTIONS)
+    result = runner.invoke(app, ["bench", "speed", "--help"], env={"COLUMNS": "200"})
+    for name in shaping:
+        assert OPTIONS[name].flag_name in result.output, name

@@ -96,7 +96,7 @@ def bench_speed(
         typer.echo(f"saved {json_path}")
 
 
-# travel data glyphs / travel data emoji: the benchmark datasets (builders in travel/datasets.py)
+# travel data glyphs / travel data emoji: the benchmark datasets (builders in travel/lab/datasets.py)
 
 
 @data_app.command("glyphs")
