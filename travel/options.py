@@ -41,7 +41,11 @@ class Option:
 
     @property
     def default(self) -> Any:
-        value: Any = FitConfig()
+        return self.value_in(FitConfig())
+
+    def value_in(self, config: FitConfig) -> Any:
+        """What this option holds in `config` (its first path)."""
+        value: Any = config
         for part in self.paths[0].split("."):
             value = getattr(value, part)
         return value
@@ -196,10 +200,4 @@ def fit_config(source: str | Path | None = None, target: str | Path | None = Non
 
 def option_values(config: FitConfig, names: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """What these OPTIONS hold in `config` (their first paths), for reports."""
-    out = {}
-    for name in names:
-        value: Any = config
-        for part in OPTIONS[name].paths[0].split("."):
-            value = getattr(value, part)
-        out[name] = value
-    return out
+    return {name: OPTIONS[name].value_in(config) for name in names}

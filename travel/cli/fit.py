@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
-from travel.cli.app import app, bench_app, data_app
-from travel.cli.common import fail, user_errors
+from travel.cli.app import app
+from travel.cli.common import user_errors
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from travel.cli.app import app, bench_app, data_app
-from travel.cli.common import fail, user_errors
+from travel.cli.common import user_errors
 from travel.cli.fit import with_options
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 import typer
 
-from travel.cli.app import app, bench_app, data_app
-from travel.cli.common import fail, user_errors
 from travel import DEFAULT_CHECKPOINT
+from travel.cli.app import app
+from travel.cli.common import user_errors
 from travel.errors import TravelError
 
 
