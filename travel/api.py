@@ -9,7 +9,7 @@ from typing import Any
 from travel.errors import DataError
 from travel.options import fit_config
 from travel.train import FitResult
-from travel.train import fit as fit_config_run
+from travel.train import fit as train
 from travel.train import resume_config
 from travel.train.loop import AbortFn, MessageFn, ProgressFn
 
@@ -27,7 +27,7 @@ def fit(
     if source is None and target is None and data is None:
         raise DataError("give the source and target folders (or a CycleGAN-layout data folder)")
     config = fit_config(source, target, data=data, name=name, **options)
-    return fit_config_run(config, run_dir, overwrite=overwrite, progress_fn=progress_fn, abort_fn=abort_fn,
+    return train(config, run_dir, overwrite=overwrite, progress_fn=progress_fn, abort_fn=abort_fn,
                           message_fn=message_fn)
 
 
@@ -38,7 +38,7 @@ def resume(
 ) -> FitResult:
     """Continue the run in `run_dir` exactly where it stopped, up to `steps` (default: its own)."""
     config = resume_config(run_dir, steps=steps, workers=workers, compile=compile, channels_last=channels_last)
-    return fit_config_run(config, run_dir, resume=True, progress_fn=progress_fn, abort_fn=abort_fn, message_fn=message_fn)
+    return train(config, run_dir, resume=True, progress_fn=progress_fn, abort_fn=abort_fn, message_fn=message_fn)
 
 
 __all__ = ["FitResult", "fit", "fit_config", "resume"]

@@ -8,6 +8,7 @@ family or the crop size; `auto` says how, for --help.
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from travel.config import FAMILY_DEFAULTS, FitConfig, from_dict, resolve, to_dict
-from travel.data import resolve_domains
 from travel.errors import ConfigError
 
 GROUPS = ("Data", "Generator", "Discriminator", "Losses", "Run")
@@ -55,9 +55,8 @@ class Option:
         """The Python type the first path holds (None removed; Literal as str)."""
         owner, name = _owner(self.paths[0])
         hint = typing.get_type_hints(owner)[name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
-            hint = args[0]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if typing.get_origin(hint) is typing.Literal:
             return str
         return hint
@@ -185,6 +184,8 @@ def fit_config(source: str | Path | None = None, target: str | Path | None = Non
                 where = where[part]
             where[last] = value
     if source is not None or target is not None or data is not None:
+        from travel.data import resolve_domains  # here, not at the top: it imports torch, and every `travel` command imports this table
+
         src, dst = resolve_domains(str(source) if source else None, str(target) if target else None, str(data) if data else None)
         # --data horse2zebra names the run horse2zebra: "trainA2trainB" would put every CycleGAN dataset in one folder.
         default_name = Path(data).resolve().name if data and not (source or target) else f"{src.resolve().name}2{dst.resolve().name}"

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import typer
 
 from travel.errors import ConfigError, TravelError
+from travel.options import flag_for
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -35,10 +36,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-
 def _with_flag(exc: ConfigError) -> str:
     """A config error naming its setting, told by the flag that sets it ("--batch-size: must be >= 2")."""
-    from travel.options import flag_for
-
     flag = flag_for(exc.setting)
     return f"{flag}: {exc.message}" if flag else str(exc)

@@ -10,6 +10,7 @@ import typer
 
 from travel.cli.app import app
 from travel.cli.common import user_errors
+from travel.options import GROUPS, OPTIONS, RESUME_OPTIONS, fit_config  # light (no torch): the flags are built from it when the CLI loads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -18,8 +19,6 @@ from travel.cli.common import user_errors
 
 def option_parameters(names: list[str]) -> list[inspect.Parameter]:
     """typer parameters for these OPTIONS: flag, default (from the config dataclasses), help and --help group."""
-    from travel.options import OPTIONS
-
     parameters = []
     for name in names:
         option = OPTIONS[name]
@@ -39,8 +38,6 @@ def with_options(names: list[str]) -> Callable[[Callable[..., Any]], Callable[..
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(command)
-        from travel.options import GROUPS
-
         own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         every = own + option_parameters(names)
 
@@ -55,19 +52,13 @@ def with_options(names: list[str]) -> Callable[[Callable[..., Any]], Callable[..
     return decorate
 
 
-def fit_option_names() -> list[str]:
-    from travel.options import OPTIONS
-
-    return list(OPTIONS)
-
-
 # ---------------------------------------------------------------------------------------------
 # travel fit
 
 
 @app.command()
 @user_errors
-@with_options(fit_option_names())
+@with_options(list(OPTIONS))
 def fit(
     ctx: typer.Context,
     src: Optional[Path] = typer.Option(None, "--src", help="Folder of source-domain images (searched recursively).", rich_help_panel="Data"),
@@ -84,7 +75,6 @@ def fit(
 ) -> None:
     """Train a translator from --src images to --dst images."""
     from travel.compat import dump_run_config
-    from travel.options import RESUME_OPTIONS, fit_config
 
     if resume is not None:
         from travel.train import resume_config

@@ -10,12 +10,7 @@ import typer
 from travel.cli.app import app, bench_app, data_app
 from travel.cli.common import user_errors
 from travel.cli.fit import with_options
-
-
-def bench_option_names() -> list[str]:
-    from travel.options import BENCH_OPTIONS
-
-    return list(BENCH_OPTIONS)
+from travel.options import BENCH_OPTIONS, fit_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +56,7 @@ def evaluate_command(
 
 @bench_app.command("speed")
 @user_errors
-@with_options(bench_option_names())
+@with_options(list(BENCH_OPTIONS))
 def bench_speed(
     steps: int = typer.Option(10, "--steps", help="Timed training steps (the median is reported)."),
     warmup: int = typer.Option(3, "--warmup", help="Untimed steps first."),
@@ -80,7 +75,6 @@ def bench_speed(
     from travel.checkpoint import atomic_write_text
     from travel.errors import ConfigError
     from travel.lab.speed import SpeedSettings, format_profile, format_report, run_speed
-    from travel.options import fit_config
 
     if threads is not None:
         if threads < 1:
